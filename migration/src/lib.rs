@@ -1,0 +1,22 @@
+//! The database schema of authql, as an ordered list of migrations.
+//!
+//! Each step is a file of its own and is never edited once released: a later
+//! schema change is a new step, so an existing database upgrades in place.
+//! The same steps run on SQLite and PostgreSQL.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20250101_000001_create_users_and_tokens;
+mod m20250101_000002_add_login_backoff;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20250101_000001_create_users_and_tokens::Migration),
+            Box::new(m20250101_000002_add_login_backoff::Migration),
+        ]
+    }
+}

@@ -1,0 +1,288 @@
+//! The token cache: mini-moka in front of the database, keyed by token
+//! digest.
+//!
+//! mini-moka cannot invalidate by predicate, so revoking every token of a
+//! user cannot find that user's entries. Instead each user has a revocation
+//! mark: a value of a global counter, taken when a revocation of that user
+//! committed. An entry remembers the counter's value from *before* its
+//! database read; an entry older than its user's mark is stale and dropped.
+//! Reading the counter before the database closes the race in which a
+//! request reads a row just before it is deleted and caches it just after.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use mini_moka::sync::Cache;
+
+use super::tokens::TokenDigest;
+use super::Principal;
+
+#[derive(Clone)]
+struct Entry {
+    principal: Arc<Principal>,
+    /// The counter's value before the database read that produced this.
+    generation: u64,
+    /// Trusted until then: the earlier of the token's expiry and `cache-ttl`.
+    fresh_until: DateTime<Utc>,
+}
+
+/// What a cache lookup found.
+pub enum Lookup {
+    /// A live entry, to be checked against the token's expiry by the caller.
+    Hit(Arc<Principal>),
+    /// Nothing usable: read the database.
+    Miss,
+}
+
+#[derive(Clone)]
+pub struct TokenCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// `None` when `cache-capacity` is 0.
+    entries: Option<Cache<TokenDigest, Entry>>,
+    /// user id → the counter's value at the user's latest revocation.
+    revoked: Cache<i64, u64>,
+    counter: AtomicU64,
+    /// Entries read before this counter value are stale (set by `clear`).
+    floor: AtomicU64,
+    /// While set, the cache is bypassed: on PostgreSQL, when this instance
+    /// is not listening for other instances' revocations.
+    bypassed: AtomicBool,
+    ttl: chrono::Duration,
+}
+
+impl TokenCache {
+    pub fn new(capacity: u64, ttl: Duration) -> Self {
+        let entries = (capacity > 0).then(|| {
+            Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build()
+        });
+        // A mark must outlive every entry it can veto: an entry lives at
+        // most `ttl` after it was inserted, which is after the mark's
+        // counter value was read. Twice `ttl` covers that with room to
+        // spare; the map holds one integer per recently revoked user.
+        let revoked = Cache::builder().time_to_live(ttl * 2).build();
+        Self {
+            inner: Arc::new(Inner {
+                entries,
+                revoked,
+                counter: AtomicU64::new(1),
+                floor: AtomicU64::new(0),
+                bypassed: AtomicBool::new(false),
+                ttl: chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX),
+            }),
+        }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.inner.entries.is_some()
+    }
+
+    /// Call before reading the database for a token; pass the value to
+    /// [`insert`](Self::insert).
+    pub fn generation(&self) -> u64 {
+        self.inner.counter.load(Ordering::SeqCst)
+    }
+
+    pub fn get(&self, digest: &TokenDigest, now: DateTime<Utc>) -> Lookup {
+        let Some(entries) = self.active() else {
+            return Lookup::Miss;
+        };
+        let Some(entry) = entries.get(digest) else {
+            return Lookup::Miss;
+        };
+        let revoked_at = self
+            .inner
+            .revoked
+            .get(&entry.principal.user.id)
+            .unwrap_or(0)
+            .max(self.inner.floor.load(Ordering::SeqCst));
+        if entry.generation < revoked_at || now >= entry.fresh_until {
+            entries.invalidate(digest);
+            // An expired token must still be reported as expired, which the
+            // caller learns from the database row.
+            return Lookup::Miss;
+        }
+        Lookup::Hit(entry.principal)
+    }
+
+    pub fn insert(&self, digest: TokenDigest, principal: Principal, generation: u64, now: DateTime<Utc>) {
+        if let Some(entries) = self.active() {
+            let fresh_until = principal.expires_at.min(now + self.inner.ttl);
+            entries.insert(
+                digest,
+                Entry {
+                    principal: Arc::new(principal),
+                    generation,
+                    fresh_until,
+                },
+            );
+        }
+    }
+
+    /// Drops one token's entry.
+    pub fn remove(&self, digest: &TokenDigest) {
+        if let Some(entries) = &self.inner.entries {
+            entries.invalidate(digest);
+        }
+    }
+
+    /// Vetoes every entry of `user_id` read before now. Call after the
+    /// database change has committed.
+    pub fn revoke_user(&self, user_id: i64) {
+        let mark = self.inner.counter.fetch_add(1, Ordering::SeqCst) + 1;
+        self.inner.revoked.insert(user_id, mark);
+    }
+
+    /// Forgets everything, including entries being loaded right now, e.g.
+    /// when revocations from other instances may have been missed.
+    pub fn clear(&self) {
+        let floor = self.inner.counter.fetch_add(1, Ordering::SeqCst) + 1;
+        self.inner.floor.store(floor, Ordering::SeqCst);
+        if let Some(entries) = &self.inner.entries {
+            entries.invalidate_all();
+        }
+    }
+
+    /// Stops (`true`) or resumes (`false`) trusting the cache. Resuming
+    /// clears it first, so nothing from before is trusted.
+    pub fn set_bypassed(&self, bypassed: bool) {
+        if !bypassed {
+            self.clear();
+        }
+        self.inner.bypassed.store(bypassed, Ordering::SeqCst);
+        if bypassed {
+            self.clear();
+        }
+    }
+
+    fn active(&self) -> Option<&Cache<TokenDigest, Entry>> {
+        if self.inner.bypassed.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.inner.entries.as_ref()
+    }
+
+    /// Entries held now (approximate; for metrics).
+    pub fn len(&self) -> u64 {
+        self.inner.entries.as_ref().map_or(0, Cache::entry_count)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::tokens::Token;
+    use crate::auth::User;
+
+    fn principal(user_id: i64, expires_at: DateTime<Utc>) -> Principal {
+        Principal {
+            user: User {
+                id: user_id,
+                username: format!("user{user_id}"),
+                email: None,
+                is_active: true,
+                date_joined: Utc::now(),
+                last_login: None,
+            },
+            session_id: 1,
+            expires_at,
+        }
+    }
+
+    fn hit(lookup: Lookup) -> bool {
+        matches!(lookup, Lookup::Hit(_))
+    }
+
+    #[test]
+    fn an_inserted_entry_is_found() {
+        let cache = TokenCache::new(10, Duration::from_secs(60));
+        let digest = Token::generate().digest();
+        let now = Utc::now();
+        cache.insert(digest, principal(1, now + chrono::Duration::hours(1)), cache.generation(), now);
+        assert!(hit(cache.get(&digest, now)));
+    }
+
+    #[test]
+    fn an_entry_is_not_trusted_past_cache_ttl_or_expiry() {
+        let cache = TokenCache::new(10, Duration::from_secs(60));
+        let now = Utc::now();
+        let long_lived = Token::generate().digest();
+        cache.insert(long_lived, principal(1, now + chrono::Duration::hours(1)), cache.generation(), now);
+        assert!(!hit(cache.get(&long_lived, now + chrono::Duration::seconds(61))));
+
+        let short_lived = Token::generate().digest();
+        cache.insert(short_lived, principal(1, now + chrono::Duration::seconds(5)), cache.generation(), now);
+        assert!(!hit(cache.get(&short_lived, now + chrono::Duration::seconds(5))));
+    }
+
+    #[test]
+    fn revoking_a_user_drops_all_of_that_users_entries_only() {
+        let cache = TokenCache::new(10, Duration::from_secs(60));
+        let now = Utc::now();
+        let later = now + chrono::Duration::hours(1);
+        let (a1, a2, b) = (Token::generate().digest(), Token::generate().digest(), Token::generate().digest());
+        cache.insert(a1, principal(1, later), cache.generation(), now);
+        cache.insert(a2, principal(1, later), cache.generation(), now);
+        cache.insert(b, principal(2, later), cache.generation(), now);
+        cache.revoke_user(1);
+        assert!(!hit(cache.get(&a1, now)));
+        assert!(!hit(cache.get(&a2, now)));
+        assert!(hit(cache.get(&b, now)));
+    }
+
+    #[test]
+    fn an_entry_read_before_a_revocation_but_inserted_after_is_stale() {
+        let cache = TokenCache::new(10, Duration::from_secs(60));
+        let now = Utc::now();
+        let digest = Token::generate().digest();
+        let read_at = cache.generation();
+        cache.revoke_user(1);
+        cache.insert(digest, principal(1, now + chrono::Duration::hours(1)), read_at, now);
+        assert!(!hit(cache.get(&digest, now)));
+    }
+
+    #[test]
+    fn clearing_vetoes_entries_being_loaded() {
+        let cache = TokenCache::new(10, Duration::from_secs(60));
+        let now = Utc::now();
+        let digest = Token::generate().digest();
+        let read_at = cache.generation();
+        cache.clear();
+        cache.insert(digest, principal(1, now + chrono::Duration::hours(1)), read_at, now);
+        assert!(!hit(cache.get(&digest, now)));
+    }
+
+    #[test]
+    fn a_bypassed_cache_neither_serves_nor_keeps() {
+        let cache = TokenCache::new(10, Duration::from_secs(60));
+        let now = Utc::now();
+        let digest = Token::generate().digest();
+        cache.insert(digest, principal(1, now + chrono::Duration::hours(1)), cache.generation(), now);
+        cache.set_bypassed(true);
+        assert!(!hit(cache.get(&digest, now)));
+        cache.insert(digest, principal(1, now + chrono::Duration::hours(1)), cache.generation(), now);
+        cache.set_bypassed(false);
+        assert!(!hit(cache.get(&digest, now)));
+    }
+
+    #[test]
+    fn capacity_zero_turns_the_cache_off() {
+        let cache = TokenCache::new(0, Duration::from_secs(60));
+        let now = Utc::now();
+        let digest = Token::generate().digest();
+        cache.insert(digest, principal(1, now + chrono::Duration::hours(1)), cache.generation(), now);
+        assert!(!cache.is_enabled());
+        assert!(!hit(cache.get(&digest, now)));
+    }
+}

@@ -1,0 +1,62 @@
+//! On PostgreSQL, hears the revocations of every instance (`LISTEN`) and
+//! drops the affected users' cache entries.
+//!
+//! While not listening, this instance cannot know what others revoked, so
+//! its cache is bypassed (every request reads the database) until `LISTEN`
+//! is back, and cleared when it is: nothing cached before or during the gap
+//! is trusted.
+
+use std::time::Duration;
+
+use sea_orm::sqlx::postgres::PgListener;
+
+use super::cache::TokenCache;
+use super::revocation::CHANNEL;
+
+/// Wait between attempts to listen again.
+const RETRY_EVERY: Duration = Duration::from_millis(500);
+
+/// Runs until the task is aborted.
+pub async fn run(database_url: String, cache: TokenCache) {
+    loop {
+        match listen(&database_url).await {
+            Ok(mut listener) => {
+                cache.set_bypassed(false);
+                tracing::info!("listening for revocations from other instances");
+                follow(&mut listener, &cache).await;
+                cache.set_bypassed(true);
+                tracing::warn!("lost the revocation channel; bypassing the token cache until it is back");
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for revocations; retrying");
+            }
+        }
+        tokio::time::sleep(RETRY_EVERY).await;
+    }
+}
+
+async fn listen(database_url: &str) -> Result<PgListener, sea_orm::sqlx::Error> {
+    let mut listener = PgListener::connect(database_url).await?;
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Applies notifications until the connection fails.
+async fn follow(listener: &mut PgListener, cache: &TokenCache) {
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(notification)) => match notification.payload().parse::<i64>() {
+                Ok(user_id) => cache.revoke_user(user_id),
+                Err(_) => {
+                    tracing::warn!("unreadable revocation notice; clearing the token cache");
+                    cache.clear();
+                }
+            },
+            Ok(None) => return,
+            Err(err) => {
+                tracing::warn!(error = %err, "revocation channel failed");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,536 @@
+//! The domain: every rule of the spec about users, passwords, tokens and
+//! sessions lives here. Nothing in this module knows HTTP or GraphQL.
+
+pub mod cache;
+pub mod captcha;
+pub mod listener;
+pub mod passwords;
+pub mod revocation;
+pub mod sweeper;
+pub mod throttle;
+pub mod tokens;
+pub mod username;
+pub mod users;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, DatabaseConnection,
+    EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
+    TransactionTrait as _,
+};
+
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::db::entities::{auth_token, user};
+use crate::error::{AuthError, Unauthenticated};
+use crate::metrics;
+use cache::{Lookup, TokenCache};
+use captcha::{CaptchaVerifier, Verdict};
+use passwords::{NewPassword, Password, PasswordHasher, PasswordPolicy};
+use revocation::Revoker;
+use throttle::LoginThrottle;
+use tokens::{Token, TokenDigest};
+use username::Username;
+
+/// Longest user agent stored with a session.
+const MAX_USER_AGENT_CHARS: usize = 512;
+
+/// A user as clients see it: no password hash, no throttle state.
+#[derive(Clone, Debug)]
+pub struct User {
+    pub id: i64,
+    pub username: String,
+    pub email: Option<String>,
+    pub is_active: bool,
+    pub date_joined: DateTime<Utc>,
+    pub last_login: Option<DateTime<Utc>>,
+}
+
+impl From<&user::Model> for User {
+    fn from(row: &user::Model) -> Self {
+        Self {
+            id: row.id,
+            username: row.username.clone(),
+            email: row.email.clone(),
+            is_active: row.is_active,
+            date_joined: row.date_joined,
+            last_login: row.last_login,
+        }
+    }
+}
+
+/// The signed-in user of a request and the session its token belongs to.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub user: User,
+    pub session_id: i64,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// One live token of a user.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub id: i64,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// A token just issued, to be shown to the client once.
+#[derive(Debug)]
+pub struct Issued {
+    pub token: Token,
+    pub expires_at: DateTime<Utc>,
+    pub user: User,
+}
+
+/// What the transport layer knows about the caller.
+#[derive(Clone, Debug, Default)]
+pub struct ClientInfo {
+    pub ip: Option<IpAddr>,
+    pub user_agent: Option<String>,
+}
+
+/// The credential a request carried.
+#[derive(Clone, Debug)]
+pub enum Credential {
+    Missing,
+    /// An `Authorization` header with a scheme other than Bearer or Token.
+    Unsupported,
+    Token(secrecy::SecretString),
+}
+
+/// The use-cases, with everything they need. Cheap to share behind an `Arc`.
+pub struct AuthService {
+    db: DatabaseConnection,
+    cache: TokenCache,
+    revoker: Revoker,
+    hasher: PasswordHasher,
+    policy: PasswordPolicy,
+    throttle: LoginThrottle,
+    captcha: Option<CaptchaVerifier>,
+    clock: Clock,
+    token_ttl: chrono::Duration,
+    max_sessions_per_user: u32,
+}
+
+impl AuthService {
+    /// # Errors
+    /// When the dummy hash or the captcha client cannot be made.
+    pub async fn new(db: DatabaseConnection, settings: &Settings, clock: Clock) -> anyhow::Result<Self> {
+        let cache = TokenCache::new(settings.cache_capacity, settings.cache_ttl);
+        Ok(Self {
+            revoker: Revoker::new(db.clone(), cache.clone()),
+            hasher: PasswordHasher::new(settings.bcrypt_cost, settings.hash_concurrency()).await?,
+            policy: PasswordPolicy {
+                min_length: settings.password_min_length as usize,
+            },
+            throttle: LoginThrottle::new(settings.login_rate),
+            captcha: CaptchaVerifier::from_settings(settings)?,
+            token_ttl: chrono::Duration::from_std(settings.token_ttl).context("token-ttl too large")?,
+            max_sessions_per_user: settings.max_sessions_per_user,
+            db,
+            cache,
+            clock,
+        })
+    }
+
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
+
+    pub fn throttle(&self) -> &LoginThrottle {
+        &self.throttle
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Resolves a request's credential to its user: the cache first, then
+    /// the database. Every path checks expiry and that the user is active.
+    ///
+    /// # Errors
+    /// `Unauthenticated` with the reason, or a database error.
+    pub async fn authenticate(&self, credential: &Credential) -> Result<Arc<Principal>, AuthError> {
+        let result = self.resolve(credential).await;
+        if let Err(AuthError::Unauthenticated(reason)) = &result {
+            metrics::token_refused(*reason);
+        }
+        result
+    }
+
+    async fn resolve(&self, credential: &Credential) -> Result<Arc<Principal>, AuthError> {
+        use secrecy::ExposeSecret as _;
+        let text = match credential {
+            Credential::Missing => return Err(AuthError::Unauthenticated(Unauthenticated::MissingToken)),
+            Credential::Unsupported => return Err(invalid_token()),
+            Credential::Token(text) => text,
+        };
+        // A token we could not have issued is refused without a lookup.
+        let token = Token::parse(text.expose_secret()).map_err(|_| invalid_token())?;
+        let digest = token.digest();
+        let now = self.clock.now();
+        if let Lookup::Hit(principal) = self.cache.get(&digest, now) {
+            if now < principal.expires_at {
+                metrics::token_resolved("cache");
+                return Ok(principal);
+            }
+        }
+        let generation = self.cache.generation();
+        let found = auth_token::Entity::find()
+            .filter(auth_token::Column::Digest.eq(digest.to_hex()))
+            .find_also_related(user::Entity)
+            .one(&self.db)
+            .await?;
+        let Some((session, Some(owner))) = found else {
+            return Err(invalid_token());
+        };
+        if session.expires_at <= now {
+            self.forget_expired(session.id, &digest).await?;
+            return Err(AuthError::Unauthenticated(Unauthenticated::TokenExpired));
+        }
+        if !owner.is_active {
+            return Err(invalid_token());
+        }
+        let principal = Principal {
+            user: User::from(&owner),
+            session_id: session.id,
+            expires_at: session.expires_at,
+        };
+        self.cache.insert(digest, principal.clone(), generation, now);
+        metrics::token_resolved("database");
+        Ok(Arc::new(principal))
+    }
+
+    async fn forget_expired(&self, session_id: i64, digest: &TokenDigest) -> Result<(), AuthError> {
+        self.cache.remove(digest);
+        auth_token::Entity::delete_by_id(session_id).exec(&self.db).await?;
+        Ok(())
+    }
+
+    /// Exchanges credentials for a new token. Checks run in the spec's
+    /// order: throttle, captcha, then password; a refused attempt costs no
+    /// bcrypt and no call to the captcha service.
+    ///
+    /// # Errors
+    /// `RateLimited`, a captcha error, `InvalidCredentials` or an internal
+    /// error.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &Password,
+        captcha: Option<&str>,
+        client: &ClientInfo,
+    ) -> Result<Issued, AuthError> {
+        let name = Username::parse(username).ok();
+        // Throttle by the canonical name, so "Alice" and "ALICE" share a budget.
+        let key = name.as_ref().map_or_else(|| username.to_lowercase(), |n| n.as_ref().to_owned());
+        if let Err((limit, err)) = self.throttle.check(client.ip, &key) {
+            tracing::info!(event = "rate_limited", limit = ?limit, username = %key, ip = ?client.ip, "login refused by the rate limit");
+            metrics::login("rate_limited");
+            return Err(err);
+        }
+        self.check_captcha(captcha, client).await?;
+
+        let now = self.clock.now();
+        let account = match &name {
+            Some(name) => user::Entity::find()
+                .filter(user::Column::Username.eq(name.as_ref()))
+                .one(&self.db)
+                .await?,
+            None => None,
+        };
+        let backoff = match &account {
+            Some(account) => throttle::check_backoff(account.failed_logins, account.last_failed_login, now),
+            None => self.throttle.check_unknown(&key, now),
+        };
+        if let Err(err) = backoff {
+            tracing::info!(event = "rate_limited", limit = "account_backoff", username = %key, ip = ?client.ip, "login refused by the account backoff");
+            metrics::login("rate_limited");
+            return Err(err);
+        }
+
+        let active = account.as_ref().filter(|a| a.is_active);
+        let verified = self
+            .hasher
+            .verify(password, active.map(|a| a.password_hash.as_str()))
+            .await?;
+        let Some(account) = active.filter(|_| verified) else {
+            match &account {
+                Some(account) => self.record_failure(account.id, now).await?,
+                None => self.throttle.record_unknown_failure(&key, now),
+            }
+            tracing::info!(event = "login_failed", username = %key, ip = ?client.ip, user_agent = ?client.user_agent, "login failed");
+            metrics::login("invalid_credentials");
+            return Err(AuthError::InvalidCredentials);
+        };
+
+        let new_hash = self.hasher.rehash_if_needed(password, &account.password_hash).await?;
+        let mut update = user::ActiveModel {
+            id: Set(account.id),
+            last_login: Set(Some(now)),
+            failed_logins: Set(0),
+            last_failed_login: Set(None),
+            ..Default::default()
+        };
+        if let Some(hash) = new_hash {
+            update.password_hash = Set(hash);
+            tracing::info!(user_id = account.id, "password re-hashed at the configured bcrypt cost");
+        }
+        let account = update.update(&self.db).await?;
+        let issued = self.issue(&account, client, now).await?;
+        tracing::info!(event = "login_succeeded", user_id = account.id, ip = ?client.ip, user_agent = ?client.user_agent, "login succeeded");
+        metrics::login("success");
+        Ok(issued)
+    }
+
+    async fn check_captcha(&self, answer: Option<&str>, client: &ClientInfo) -> Result<(), AuthError> {
+        let Some(verifier) = &self.captcha else {
+            return Ok(());
+        };
+        let Some(answer) = answer.filter(|a| !a.is_empty()) else {
+            metrics::login("captcha_required");
+            return Err(AuthError::CaptchaRequired);
+        };
+        match verifier.verify(answer, client.ip).await {
+            Verdict::Passed => Ok(()),
+            Verdict::Refused => {
+                tracing::info!(event = "captcha_refused", ip = ?client.ip, "captcha refused");
+                metrics::login("captcha_invalid");
+                Err(AuthError::CaptchaInvalid)
+            }
+            Verdict::Unavailable => {
+                metrics::login("captcha_unavailable");
+                Err(AuthError::CaptchaUnavailable)
+            }
+        }
+    }
+
+    /// Counts one failed password check, atomically, so that concurrent
+    /// failures on several instances are all counted.
+    async fn record_failure(&self, user_id: i64, now: DateTime<Utc>) -> Result<(), AuthError> {
+        user::Entity::update_many()
+            .col_expr(user::Column::FailedLogins, Expr::col(user::Column::FailedLogins).add(1))
+            .col_expr(user::Column::LastFailedLogin, Expr::value(now))
+            .filter(user::Column::Id.eq(user_id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores a new session and, with a session cap, revokes the oldest
+    /// sessions beyond it (never refusing the login).
+    async fn issue(&self, account: &user::Model, client: &ClientInfo, now: DateTime<Utc>) -> Result<Issued, AuthError> {
+        let token = Token::generate();
+        let expires_at = now + self.token_ttl;
+        let user_agent = client
+            .user_agent
+            .as_ref()
+            .map(|ua| ua.chars().take(MAX_USER_AGENT_CHARS).collect::<String>());
+        auth_token::ActiveModel {
+            user_id: Set(account.id),
+            digest: Set(token.digest().to_hex()),
+            created_at: Set(now),
+            expires_at: Set(expires_at),
+            user_agent: Set(user_agent),
+            ip: Set(client.ip.map(|ip| ip.to_string())),
+            ..Default::default()
+        }
+        .insert(&self.db)
+        .await?;
+        if self.max_sessions_per_user > 0 {
+            self.enforce_session_cap(account.id).await?;
+        }
+        Ok(Issued {
+            token,
+            expires_at,
+            user: User::from(account),
+        })
+    }
+
+    async fn enforce_session_cap(&self, user_id: i64) -> Result<(), AuthError> {
+        let beyond_cap: Vec<i64> = auth_token::Entity::find()
+            .select_only()
+            .column(auth_token::Column::Id)
+            .filter(auth_token::Column::UserId.eq(user_id))
+            .order_by_desc(auth_token::Column::CreatedAt)
+            .order_by_desc(auth_token::Column::Id)
+            .offset(u64::from(self.max_sessions_per_user))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        if !beyond_cap.is_empty() {
+            let revoked = self
+                .revoker
+                .revoke(user_id, Some(auth_token::Column::Id.is_in(beyond_cap)))
+                .await?;
+            tracing::info!(event = "session_revoked", user_id, count = revoked, reason = "session_cap", "oldest sessions revoked by the session cap");
+            metrics::revoked("session_cap", revoked);
+        }
+        Ok(())
+    }
+
+    /// The user's live sessions, newest first.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn sessions(&self, principal: &Principal) -> Result<Vec<Session>, AuthError> {
+        let rows = auth_token::Entity::find()
+            .filter(auth_token::Column::UserId.eq(principal.user.id))
+            .filter(auth_token::Column::ExpiresAt.gt(self.clock.now()))
+            .order_by_desc(auth_token::Column::CreatedAt)
+            .order_by_desc(auth_token::Column::Id)
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| Session {
+                id: row.id,
+                created_at: row.created_at,
+                expires_at: row.expires_at,
+                user_agent: row.user_agent,
+                ip: row.ip,
+            })
+            .collect())
+    }
+
+    /// Revokes the token of this request.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn logout(&self, principal: &Principal, client: &ClientInfo) -> Result<bool, AuthError> {
+        let revoked = self
+            .revoker
+            .revoke(principal.user.id, Some(auth_token::Column::Id.eq(principal.session_id)))
+            .await?;
+        tracing::info!(event = "logout", user_id = principal.user.id, session_id = principal.session_id, ip = ?client.ip, "logged out");
+        metrics::revoked("logout", revoked);
+        Ok(revoked > 0)
+    }
+
+    /// Revokes every token of the user; returns how many.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn logout_all(&self, principal: &Principal, client: &ClientInfo) -> Result<u64, AuthError> {
+        let revoked = self.revoker.revoke(principal.user.id, None).await?;
+        tracing::info!(event = "logout_all", user_id = principal.user.id, count = revoked, ip = ?client.ip, "logged out everywhere");
+        metrics::revoked("logout_all", revoked);
+        Ok(revoked)
+    }
+
+    /// Revokes every token of the user but this request's; returns how many.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn logout_others(&self, principal: &Principal, client: &ClientInfo) -> Result<u64, AuthError> {
+        let revoked = self
+            .revoker
+            .revoke(principal.user.id, Some(auth_token::Column::Id.ne(principal.session_id)))
+            .await?;
+        tracing::info!(event = "logout_others", user_id = principal.user.id, count = revoked, ip = ?client.ip, "other sessions logged out");
+        metrics::revoked("logout_others", revoked);
+        Ok(revoked)
+    }
+
+    /// Revokes one of the user's sessions by id.
+    ///
+    /// # Errors
+    /// `NotFound` when the id is not one of the user's sessions.
+    pub async fn revoke_session(&self, principal: &Principal, id: &str, client: &ClientInfo) -> Result<bool, AuthError> {
+        let id: i64 = id.parse().map_err(|_| AuthError::NotFound)?;
+        let revoked = self
+            .revoker
+            .revoke(principal.user.id, Some(auth_token::Column::Id.eq(id)))
+            .await?;
+        if revoked == 0 {
+            return Err(AuthError::NotFound);
+        }
+        tracing::info!(event = "session_revoked", user_id = principal.user.id, session_id = id, ip = ?client.ip, "session revoked");
+        metrics::revoked("revoke_session", revoked);
+        Ok(true)
+    }
+
+    /// Changes the password after checking the old one, revokes every token
+    /// of the user and returns a fresh one.
+    ///
+    /// # Errors
+    /// `InvalidCredentials` (counted by the account backoff), `RateLimited`,
+    /// `BadUserInput` with every failed policy rule, or an internal error.
+    pub async fn change_password(
+        &self,
+        principal: &Principal,
+        old: &Password,
+        new: Password,
+        client: &ClientInfo,
+    ) -> Result<Issued, AuthError> {
+        let now = self.clock.now();
+        let account = user::Entity::find_by_id(principal.user.id)
+            .one(&self.db)
+            .await?
+            .filter(|a| a.is_active)
+            .ok_or_else(invalid_token)?;
+        throttle::check_backoff(account.failed_logins, account.last_failed_login, now)?;
+        if !self.hasher.verify(old, Some(&account.password_hash)).await? {
+            self.record_failure(account.id, now).await?;
+            tracing::info!(event = "password_change_failed", user_id = account.id, ip = ?client.ip, "wrong current password");
+            return Err(AuthError::InvalidCredentials);
+        }
+        let new = self.check_policy(new, &account.username, Some(old))?;
+        let hash = self.hasher.hash(&new).await?;
+
+        let txn = self.db.begin().await?;
+        let account = user::ActiveModel {
+            id: Set(account.id),
+            password_hash: Set(hash),
+            failed_logins: Set(0),
+            last_failed_login: Set(None),
+            ..Default::default()
+        }
+        .update(&txn)
+        .await?;
+        let revoked = revocation::revoke_in(&txn, account.id, None).await?;
+        txn.commit().await?;
+        self.revoker.after_commit(account.id);
+        metrics::revoked("change_password", revoked);
+
+        let issued = self.issue(&account, client, now).await?;
+        tracing::info!(event = "password_changed", user_id = account.id, revoked, ip = ?client.ip, user_agent = ?client.user_agent, "password changed");
+        Ok(issued)
+    }
+
+    /// Applies the password policy, turning failures into `BadUserInput`.
+    ///
+    /// # Errors
+    /// `BadUserInput` listing every failed rule.
+    pub fn check_policy(&self, candidate: Password, username: &str, old: Option<&Password>) -> Result<NewPassword, AuthError> {
+        NewPassword::parse(candidate, username, old, &self.policy).map_err(|failed| {
+            let reasons = failed.iter().map(|v| v.code().to_owned()).collect();
+            let why: Vec<String> = failed.iter().map(|v| v.describe(&self.policy)).collect();
+            AuthError::bad_input(format!("the new password was refused: {}", why.join("; ")), reasons)
+        })
+    }
+
+    pub fn hasher(&self) -> &PasswordHasher {
+        &self.hasher
+    }
+
+    pub fn revoker(&self) -> &Revoker {
+        &self.revoker
+    }
+}
+
+fn invalid_token() -> AuthError {
+    AuthError::Unauthenticated(Unauthenticated::InvalidToken)
+}

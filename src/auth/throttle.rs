@@ -1,0 +1,229 @@
+//! Login throttling.
+//!
+//! Layer one counts attempts in memory per client IP and, separately, per
+//! username, with `governor` (GCRA: `N/minute` allows a burst of N, then one
+//! more every minute/N). It runs once per `login` field, so aliases and
+//! batches cannot get around it.
+//!
+//! Layer two is the per-account backoff: after [`FREE_FAILURES`] consecutive
+//! failed password checks, each further attempt waits twice as long as the
+//! last after the latest failure. Known accounts keep their count in the
+//! `users` row (shared by every instance); unknown usernames keep theirs
+//! here, so the backoff does not reveal which usernames exist.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use governor::clock::{Clock as _, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use mini_moka::sync::Cache;
+
+use crate::config::LoginRate;
+use crate::error::AuthError;
+
+/// Failed password checks allowed before the backoff starts.
+pub const FREE_FAILURES: i32 = 5;
+/// The longest wait the backoff imposes.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+/// Unknown usernames whose failures are remembered at once.
+const UNKNOWN_USERNAMES_CAPACITY: u64 = 100_000;
+
+/// How long after the latest failure the next attempt must wait, given
+/// `failures` consecutive failures: none up to 5, then 1 s, 2 s, 4 s, …
+pub fn backoff_after(failures: i32) -> Option<Duration> {
+    let beyond = failures.checked_sub(FREE_FAILURES)?;
+    let secs = 1u64.checked_shl(u32::try_from(beyond).ok()?).unwrap_or(u64::MAX);
+    Some(Duration::from_secs(secs).min(MAX_BACKOFF))
+}
+
+/// Refuses an attempt made while the backoff of `failures` failures, the
+/// latest at `last_failure`, still runs.
+///
+/// # Errors
+/// `RateLimited` with the seconds left.
+pub fn check_backoff(
+    failures: i32,
+    last_failure: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<(), AuthError> {
+    let (Some(wait), Some(last)) = (backoff_after(failures), last_failure) else {
+        return Ok(());
+    };
+    let until = last + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+    if now < until {
+        let left = (until - now).to_std().unwrap_or_default();
+        return Err(rate_limited(left));
+    }
+    Ok(())
+}
+
+fn rate_limited(wait: Duration) -> AuthError {
+    // Whole seconds, rounded up, at least 1.
+    let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    AuthError::RateLimited {
+        retry_after: retry_after.max(1),
+    }
+}
+
+#[derive(Clone)]
+pub struct LoginThrottle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    per_username: DefaultKeyedRateLimiter<String>,
+    /// Unknown username → (consecutive failures, latest failure).
+    unknown: Cache<String, (i32, DateTime<Utc>)>,
+}
+
+/// Which limit refused an attempt (for logs and metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    Ip,
+    Username,
+}
+
+impl LoginThrottle {
+    pub fn new(rate: LoginRate) -> Self {
+        let quota = quota(rate);
+        Self {
+            inner: Arc::new(Inner {
+                per_ip: RateLimiter::keyed(quota),
+                per_username: RateLimiter::keyed(quota),
+                unknown: Cache::builder()
+                    .max_capacity(UNKNOWN_USERNAMES_CAPACITY)
+                    .time_to_live(MAX_BACKOFF * 2)
+                    .build(),
+            }),
+        }
+    }
+
+    /// Counts one attempt against the IP and the username.
+    ///
+    /// # Errors
+    /// The limit hit, with the time until the next attempt is allowed.
+    pub fn check(&self, ip: Option<IpAddr>, username: &str) -> Result<(), (Limit, AuthError)> {
+        let now = DefaultClock::default().now();
+        if let Some(ip) = ip {
+            if let Err(not_until) = self.inner.per_ip.check_key(&ip) {
+                return Err((Limit::Ip, rate_limited(not_until.wait_time_from(now))));
+            }
+        }
+        if let Err(not_until) = self.inner.per_username.check_key(&username.to_owned()) {
+            return Err((Limit::Username, rate_limited(not_until.wait_time_from(now))));
+        }
+        Ok(())
+    }
+
+    /// The backoff of an unknown username.
+    ///
+    /// # Errors
+    /// `RateLimited` while it runs.
+    pub fn check_unknown(&self, username: &str, now: DateTime<Utc>) -> Result<(), AuthError> {
+        match self.inner.unknown.get(&username.to_owned()) {
+            Some((failures, last)) => check_backoff(failures, Some(last), now),
+            None => Ok(()),
+        }
+    }
+
+    pub fn record_unknown_failure(&self, username: &str, now: DateTime<Utc>) {
+        let key = username.to_owned();
+        let failures = self.inner.unknown.get(&key).map_or(0, |(n, _)| n);
+        self.inner.unknown.insert(key, (failures.saturating_add(1), now));
+    }
+
+    /// Drops keys whose budget is full again, bounding memory under a flood
+    /// of distinct IPs and usernames. Called periodically.
+    pub fn forget_idle(&self) {
+        self.inner.per_ip.retain_recent();
+        self.inner.per_ip.shrink_to_fit();
+        self.inner.per_username.retain_recent();
+        self.inner.per_username.shrink_to_fit();
+    }
+
+    /// Keys held by the in-memory limiters (for tests and metrics).
+    pub fn tracked_keys(&self) -> usize {
+        self.inner.per_ip.len() + self.inner.per_username.len()
+    }
+}
+
+fn quota(rate: LoginRate) -> Quota {
+    let period = rate.per / rate.count.get();
+    Quota::with_period(period.max(Duration::from_nanos(1)))
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+        .allow_burst(rate.count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate(s: &str) -> LoginRate {
+        s.parse().unwrap()
+    }
+
+    fn retry_after(err: &AuthError) -> u64 {
+        match err {
+            AuthError::RateLimited { retry_after } => *retry_after,
+            other => panic!("expected RateLimited, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_backoff_doubles_from_the_sixth_attempt_and_stops_at_15_minutes() {
+        assert_eq!(backoff_after(4), None);
+        assert_eq!(backoff_after(5), Some(Duration::from_secs(1)));
+        assert_eq!(backoff_after(6), Some(Duration::from_secs(2)));
+        assert_eq!(backoff_after(8), Some(Duration::from_secs(8)));
+        assert_eq!(backoff_after(15), Some(MAX_BACKOFF));
+        assert_eq!(backoff_after(i32::MAX), Some(MAX_BACKOFF));
+    }
+
+    #[test]
+    fn an_attempt_inside_the_backoff_is_refused_with_the_time_left() {
+        let last = Utc::now();
+        let err = check_backoff(7, Some(last), last + chrono::Duration::milliseconds(1500)).unwrap_err();
+        assert_eq!(retry_after(&err), 3);
+        assert!(check_backoff(7, Some(last), last + chrono::Duration::seconds(4)).is_ok());
+        assert!(check_backoff(4, Some(last), last).is_ok());
+    }
+
+    #[test]
+    fn the_limit_plus_one_attempt_per_username_is_refused() {
+        let throttle = LoginThrottle::new(rate("3/minute"));
+        for i in 0..3u8 {
+            let ip = Some(IpAddr::from([10, 0, 0, i]));
+            assert!(throttle.check(ip, "alice").is_ok());
+        }
+        let (limit, err) = throttle.check(Some(IpAddr::from([10, 0, 0, 9])), "alice").unwrap_err();
+        assert_eq!(limit, Limit::Username);
+        assert!((1..=20).contains(&retry_after(&err)));
+        assert!(throttle.check(Some(IpAddr::from([10, 0, 0, 9])), "bob").is_ok());
+    }
+
+    #[test]
+    fn the_limit_plus_one_attempt_per_ip_is_refused() {
+        let throttle = LoginThrottle::new(rate("2/hour"));
+        let ip = Some(IpAddr::from([192, 0, 2, 1]));
+        assert!(throttle.check(ip, "a").is_ok());
+        assert!(throttle.check(ip, "b").is_ok());
+        assert_eq!(throttle.check(ip, "c").unwrap_err().0, Limit::Ip);
+    }
+
+    #[test]
+    fn unknown_usernames_back_off_like_accounts() {
+        let throttle = LoginThrottle::new(rate("100/second"));
+        let now = Utc::now();
+        for _ in 0..5 {
+            assert!(throttle.check_unknown("ghost", now).is_ok());
+            throttle.record_unknown_failure("ghost", now);
+        }
+        assert!(throttle.check_unknown("ghost", now).is_err());
+        assert!(throttle.check_unknown("ghost", now + chrono::Duration::seconds(1)).is_ok());
+        assert!(throttle.check_unknown("someone-else", now).is_ok());
+    }
+}

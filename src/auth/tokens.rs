@@ -1,0 +1,166 @@
+//! Bearer tokens: `aql_`, 256 random bits, then a checksum of them, all in
+//! URL-safe base64. The prefix lets secret scanners spot a leaked token; the
+//! checksum lets the server refuse a mistyped or made-up token before it
+//! touches the database. Only the SHA-256 digest of a token is stored.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use rand::rngs::OsRng;
+use rand::RngCore as _;
+use secrecy::{ExposeSecret as _, SecretString};
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+
+pub const PREFIX: &str = "aql_";
+const RANDOM_BYTES: usize = 32;
+/// 32 bytes in unpadded base64.
+const BODY_LEN: usize = 43;
+const CHECKSUM_BYTES: usize = 4;
+/// 4 bytes in unpadded base64.
+const CHECKSUM_LEN: usize = 6;
+pub const TOKEN_LEN: usize = PREFIX.len() + BODY_LEN + CHECKSUM_LEN;
+
+/// A bearer token. Its `Debug` output is redacted and it has no `Display`.
+#[derive(Clone, Debug)]
+pub struct Token(SecretString);
+
+/// The token is not one this server could have issued.
+#[derive(Debug, PartialEq, Eq)]
+pub struct MalformedToken;
+
+impl Token {
+    /// A fresh token from the operating system's CSPRNG.
+    pub fn generate() -> Self {
+        let mut random = [0u8; RANDOM_BYTES];
+        OsRng.fill_bytes(&mut random);
+        let body = URL_SAFE_NO_PAD.encode(random);
+        let checksum = URL_SAFE_NO_PAD.encode(checksum(&random));
+        Self(format!("{PREFIX}{body}{checksum}").into())
+    }
+
+    /// Checks the shape and the checksum, without any lookup.
+    ///
+    /// # Errors
+    /// When the text is not a well-formed authql token.
+    pub fn parse(text: &str) -> Result<Self, MalformedToken> {
+        if text.len() != TOKEN_LEN || !text.starts_with(PREFIX) {
+            return Err(MalformedToken);
+        }
+        let (body, given) = text[PREFIX.len()..].split_at(BODY_LEN);
+        let random = URL_SAFE_NO_PAD.decode(body).map_err(|_| MalformedToken)?;
+        let given = URL_SAFE_NO_PAD.decode(given).map_err(|_| MalformedToken)?;
+        if bool::from(checksum(&random).ct_eq(given.as_slice())) {
+            Ok(Self(text.to_owned().into()))
+        } else {
+            Err(MalformedToken)
+        }
+    }
+
+    /// The token text, to hand to the client once.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+
+    pub fn digest(&self) -> TokenDigest {
+        TokenDigest(Sha256::digest(self.expose().as_bytes()).into())
+    }
+}
+
+fn checksum(random: &[u8]) -> [u8; CHECKSUM_BYTES] {
+    let hash = Sha256::digest(random);
+    let mut out = [0u8; CHECKSUM_BYTES];
+    out.copy_from_slice(&hash[..CHECKSUM_BYTES]);
+    out
+}
+
+/// SHA-256 of a token: what the database stores and the cache is keyed by.
+/// A digest is not a secret (it cannot be turned back into a token), but it
+/// is still never logged.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenDigest([u8; 32]);
+
+impl TokenDigest {
+    /// Lower-case hex, as stored in `auth_tokens.digest`.
+    pub fn to_hex(self) -> String {
+        use std::fmt::Write as _;
+        self.0.iter().fold(String::with_capacity(64), |mut out, byte| {
+            let _ = write!(out, "{byte:02x}");
+            out
+        })
+    }
+}
+
+impl std::fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenDigest([redacted])")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_token_has_the_documented_shape() {
+        let token = Token::generate();
+        let text = token.expose();
+        assert!(text.starts_with("aql_"));
+        assert_eq!(text.len(), TOKEN_LEN);
+        assert!(text[4..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    }
+
+    #[test]
+    fn a_generated_token_parses_back() {
+        let token = Token::generate();
+        let parsed = Token::parse(token.expose()).expect("own token parses");
+        assert_eq!(parsed.digest(), token.digest());
+    }
+
+    #[test]
+    fn two_tokens_differ() {
+        assert_ne!(Token::generate().expose(), Token::generate().expose());
+    }
+
+    #[test]
+    fn a_changed_character_breaks_the_checksum() {
+        let text = Token::generate().expose().to_owned();
+        for position in [4, 20, TOKEN_LEN - 1] {
+            let mut bytes = text.clone().into_bytes();
+            bytes[position] = if bytes[position] == b'A' { b'B' } else { b'A' };
+            let changed = String::from_utf8(bytes).unwrap();
+            assert_eq!(Token::parse(&changed).unwrap_err(), MalformedToken, "at {position}");
+        }
+    }
+
+    #[test]
+    fn wrong_prefix_length_or_alphabet_is_refused() {
+        let text = Token::generate().expose().to_owned();
+        assert!(Token::parse(&text.replacen("aql_", "ghp_", 1)).is_err());
+        assert!(Token::parse(&text[..TOKEN_LEN - 1]).is_err());
+        assert!(Token::parse(&format!("{text}A")).is_err());
+        assert!(Token::parse(&text.replacen(&text[10..11], "+", 1)).is_err());
+        assert!(Token::parse("").is_err());
+    }
+
+    #[test]
+    fn debug_output_hides_the_token() {
+        let token = Token::generate();
+        let printed = format!("{token:?} {:?}", token.digest());
+        assert!(!printed.contains(&token.expose()[4..]));
+        assert!(!printed.contains(&token.digest().to_hex()));
+    }
+
+    #[test]
+    fn the_digest_is_sha256_hex() {
+        let token = Token::generate();
+        let hex = token.digest().to_hex();
+        assert_eq!(hex.len(), 64);
+        let expected: String = Sha256::digest(token.expose().as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(hex, expected);
+    }
+}

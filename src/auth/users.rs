@@ -1,0 +1,167 @@
+//! Managing users from the command line: create, set a password,
+//! deactivate. The last two revoke every token of the user.
+
+use sea_orm::{
+    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, EntityTrait as _,
+    PaginatorTrait as _, QueryFilter as _, SqlErr, TransactionTrait as _,
+};
+
+use super::passwords::Password;
+use super::revocation;
+use super::username::Username;
+use super::{AuthService, User};
+use crate::db::entities::user;
+use crate::error::AuthError;
+
+impl AuthService {
+    /// Creates an active user.
+    ///
+    /// # Errors
+    /// `BadUserInput` for a bad or taken username, a bad email or a password
+    /// the policy refuses.
+    pub async fn create_user(
+        &self,
+        username: &str,
+        email: Option<&str>,
+        password: Password,
+    ) -> Result<User, AuthError> {
+        let username = Username::parse(username).map_err(|reasons| {
+            AuthError::bad_input(
+                "the username must be 1 to 150 letters, digits or @.+-_",
+                reasons.into_iter().map(str::to_owned).collect(),
+            )
+        })?;
+        let email = email.map(str::trim).filter(|e| !e.is_empty());
+        if let Some(email) = email {
+            if !looks_like_email(email) {
+                return Err(AuthError::bad_input(
+                    "the email address is not valid",
+                    vec!["INVALID_EMAIL".into()],
+                ));
+            }
+        }
+        let password = self.check_policy(password, username.as_ref(), None)?;
+        let hash = self.hasher().hash(&password).await?;
+        let created = user::ActiveModel {
+            username: Set(username.as_ref().to_owned()),
+            email: Set(email.map(str::to_owned)),
+            password_hash: Set(hash),
+            is_active: Set(true),
+            date_joined: Set(self.clock().now()),
+            last_login: Set(None),
+            failed_logins: Set(0),
+            last_failed_login: Set(None),
+            ..Default::default()
+        }
+        .insert(self.db())
+        .await;
+        match created {
+            Ok(row) => {
+                tracing::info!(event = "user_created", user_id = row.id, "user created");
+                Ok(User::from(&row))
+            }
+            Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                Err(AuthError::bad_input(
+                    format!("the username {} is taken", username.as_ref()),
+                    vec!["USERNAME_TAKEN".into()],
+                ))
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Sets a password without knowing the old one, and revokes every token
+    /// of the user.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown user, `BadUserInput` for a refused password.
+    pub async fn set_password(&self, username: &str, password: Password) -> Result<u64, AuthError> {
+        let account = self.find_user(username).await?;
+        let password = self.check_policy(password, &account.username, None)?;
+        let hash = self.hasher().hash(&password).await?;
+        let txn = self.db().begin().await?;
+        user::ActiveModel {
+            id: Set(account.id),
+            password_hash: Set(hash),
+            failed_logins: Set(0),
+            last_failed_login: Set(None),
+            ..Default::default()
+        }
+        .update(&txn)
+        .await?;
+        let revoked = revocation::revoke_in(&txn, account.id, None).await?;
+        txn.commit().await?;
+        self.revoker().after_commit(account.id);
+        tracing::info!(event = "password_set", user_id = account.id, revoked, "password set from the command line");
+        Ok(revoked)
+    }
+
+    /// Deactivates a user and revokes every token of the user.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown user.
+    pub async fn deactivate(&self, username: &str) -> Result<u64, AuthError> {
+        let account = self.find_user(username).await?;
+        let txn = self.db().begin().await?;
+        user::ActiveModel {
+            id: Set(account.id),
+            is_active: Set(false),
+            ..Default::default()
+        }
+        .update(&txn)
+        .await?;
+        let revoked = revocation::revoke_in(&txn, account.id, None).await?;
+        txn.commit().await?;
+        self.revoker().after_commit(account.id);
+        tracing::info!(event = "user_deactivated", user_id = account.id, revoked, "user deactivated");
+        Ok(revoked)
+    }
+
+    /// How many users exist.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn count_users(&self) -> Result<u64, AuthError> {
+        Ok(user::Entity::find().count(self.db()).await?)
+    }
+
+    async fn find_user(&self, username: &str) -> Result<user::Model, AuthError> {
+        let name = Username::parse(username).map_err(|_| AuthError::NotFound)?;
+        user::Entity::find()
+            .filter(user::Column::Username.eq(name.as_ref()))
+            .one(self.db())
+            .await?
+            .ok_or(AuthError::NotFound)
+    }
+}
+
+/// One `@` with something on both sides and a dot in the domain: enough to
+/// catch typos without refusing valid addresses.
+fn looks_like_email(email: &str) -> bool {
+    match email.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.contains('@')
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && email.len() <= 254
+                && !email.chars().any(char::is_whitespace)
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::looks_like_email;
+
+    #[test]
+    fn plausible_emails_pass_and_typos_do_not() {
+        assert!(looks_like_email("a@example.com"));
+        assert!(!looks_like_email("a.example.com"));
+        assert!(!looks_like_email("a@b"));
+        assert!(!looks_like_email("a@@b.com"));
+        assert!(!looks_like_email("a b@c.com"));
+    }
+}

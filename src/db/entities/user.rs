@@ -1,0 +1,45 @@
+//! A row of `users`.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "users")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    #[sea_orm(unique)]
+    pub username: String,
+    pub email: Option<String>,
+    pub password_hash: String,
+    pub is_active: bool,
+    pub date_joined: DateTimeUtc,
+    pub last_login: Option<DateTimeUtc>,
+    /// Consecutive failed password checks, reset by a success.
+    pub failed_logins: i32,
+    pub last_failed_login: Option<DateTimeUtc>,
+}
+
+/// Written by hand so that the password hash never reaches a log.
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("username", &self.username)
+            .field("is_active", &self.is_active)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {
+    #[sea_orm(has_many = "super::auth_token::Entity")]
+    AuthTokens,
+}
+
+impl Related<super::auth_token::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::AuthTokens.def()
+    }
+}
+
+impl ActiveModelBehavior for ActiveModel {}

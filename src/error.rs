@@ -1,0 +1,130 @@
+//! The domain's errors, one variant per code of the spec, and their single
+//! mapping to GraphQL error extensions.
+
+use async_graphql::ErrorExtensions as _;
+
+/// Why a request has no signed-in user (`extensions.reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unauthenticated {
+    MissingToken,
+    InvalidToken,
+    TokenExpired,
+}
+
+impl Unauthenticated {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MissingToken => "MISSING_TOKEN",
+            Self::InvalidToken => "INVALID_TOKEN",
+            Self::TokenExpired => "TOKEN_EXPIRED",
+        }
+    }
+}
+
+/// What went wrong, in the terms a client sees.
+///
+/// Deliberately not `Display`: async-graphql turns any `Display` type into an
+/// error without extensions, so this type converts only through the `From`
+/// impl below, which always sets `extensions.code`.
+#[derive(Debug)]
+pub enum AuthError {
+    /// The field needs a signed-in user.
+    Unauthenticated(Unauthenticated),
+    /// Wrong username or password; deliberately the same for unknown and
+    /// inactive users.
+    InvalidCredentials,
+    CaptchaRequired,
+    CaptchaInvalid,
+    CaptchaUnavailable,
+    RateLimited { retry_after: u64 },
+    /// Input refused; `reasons` lists every rule it broke.
+    BadUserInput {
+        message: String,
+        reasons: Vec<String>,
+    },
+    NotFound,
+    /// Anything else. The cause is logged; the client sees a fixed message.
+    Internal(anyhow::Error),
+}
+
+impl AuthError {
+    /// The message a client sees. It names the problem and never contains a
+    /// password or a token.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Unauthenticated(Unauthenticated::MissingToken) => {
+                "sign in first: no bearer token was sent".into()
+            }
+            Self::Unauthenticated(Unauthenticated::InvalidToken) => {
+                "the token is not valid (unknown, malformed or revoked)".into()
+            }
+            Self::Unauthenticated(Unauthenticated::TokenExpired) => {
+                "the token has expired; sign in again".into()
+            }
+            Self::InvalidCredentials => "invalid username or password".into(),
+            Self::CaptchaRequired => "a captcha answer is required".into(),
+            Self::CaptchaInvalid => "the captcha answer was refused".into(),
+            Self::CaptchaUnavailable => {
+                "the captcha could not be verified right now; try again".into()
+            }
+            Self::RateLimited { retry_after } => {
+                format!("too many attempts; retry in {retry_after} seconds")
+            }
+            Self::BadUserInput { message, .. } => message.clone(),
+            Self::NotFound => "no such session".into(),
+            Self::Internal(_) => "internal server error".into(),
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated(_) => "UNAUTHENTICATED",
+            Self::InvalidCredentials => "INVALID_CREDENTIALS",
+            Self::CaptchaRequired => "CAPTCHA_REQUIRED",
+            Self::CaptchaInvalid => "CAPTCHA_INVALID",
+            Self::CaptchaUnavailable => "CAPTCHA_UNAVAILABLE",
+            Self::RateLimited { .. } => "RATE_LIMITED",
+            Self::BadUserInput { .. } => "BAD_USER_INPUT",
+            Self::NotFound => "NOT_FOUND",
+            Self::Internal(_) => "INTERNAL_SERVER_ERROR",
+        }
+    }
+
+    pub fn bad_input(message: impl Into<String>, reasons: Vec<String>) -> Self {
+        Self::BadUserInput {
+            message: message.into(),
+            reasons,
+        }
+    }
+}
+
+impl From<anyhow::Error> for AuthError {
+    fn from(err: anyhow::Error) -> Self {
+        Self::Internal(err)
+    }
+}
+
+impl From<sea_orm::DbErr> for AuthError {
+    fn from(err: sea_orm::DbErr) -> Self {
+        Self::Internal(anyhow::Error::new(err).context("database error"))
+    }
+}
+
+impl From<AuthError> for async_graphql::Error {
+    fn from(err: AuthError) -> Self {
+        if let AuthError::Internal(cause) = &err {
+            // The only place an internal failure is reported in full.
+            tracing::error!(error = format!("{cause:#}"), "internal error");
+            crate::metrics::database_error();
+        }
+        async_graphql::Error::new(err.message()).extend_with(|_, ext| {
+            ext.set("code", err.code());
+            match &err {
+                AuthError::Unauthenticated(reason) => ext.set("reason", reason.as_str()),
+                AuthError::RateLimited { retry_after } => ext.set("retryAfter", *retry_after),
+                AuthError::BadUserInput { reasons, .. } => ext.set("reasons", reasons.clone()),
+                _ => {}
+            }
+        })
+    }
+}

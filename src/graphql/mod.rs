@@ -1,0 +1,40 @@
+//! The GraphQL schema: types, resolvers, and the limits every request is
+//! held to. Resolvers are thin; the rules live in `crate::auth`.
+
+pub mod context;
+pub mod limits;
+pub mod mutation;
+pub mod query;
+pub mod types;
+
+use async_graphql::{EmptySubscription, Schema};
+
+pub use context::RequestContext;
+use mutation::Mutation;
+use query::Query;
+
+pub type AuthqlSchema = Schema<Query, Mutation, EmptySubscription>;
+
+/// Deepest selection accepted. Our own types nest three deep; GraphiQL's
+/// introspection query needs about thirteen.
+pub const MAX_DEPTH: usize = 16;
+/// Most fields (weighted) in one operation; introspection needs ~200.
+pub const MAX_COMPLEXITY: usize = 500;
+
+/// The schema as served, printed by `authql schema`, and tested.
+pub fn build_schema(introspection: bool) -> AuthqlSchema {
+    let builder = Schema::build(Query, Mutation, EmptySubscription)
+        .limit_depth(MAX_DEPTH)
+        .limit_complexity(MAX_COMPLEXITY)
+        .extension(limits::RequestLimits);
+    if introspection {
+        builder.finish()
+    } else {
+        builder.disable_introspection().disable_suggestions().finish()
+    }
+}
+
+/// The SDL of the schema.
+pub fn sdl() -> String {
+    build_schema(true).sdl()
+}

@@ -1,0 +1,80 @@
+//! Mutation resolvers: one call into `crate::auth` each.
+
+use async_graphql::{Context, Object, ID};
+
+use super::context::request;
+use super::types::AuthPayload;
+use crate::auth::passwords::Password;
+use crate::error::AuthError;
+
+pub struct Mutation;
+
+#[Object]
+impl Mutation {
+    /// Exchange credentials for a new bearer token (one token per login: each device has its own).
+    async fn login(
+        &self,
+        ctx: &Context<'_>,
+        username: String,
+        #[graphql(secret)] password: String,
+        #[graphql(secret)] captcha: Option<String>,
+    ) -> Result<AuthPayload, AuthError> {
+        let request = request(ctx)?;
+        let issued = request
+            .auth
+            .login(&username, &Password::new(&password), captcha.as_deref(), &request.client)
+            .await?;
+        Ok(issued.into())
+    }
+
+    /// Revoke the token that authenticated this request.
+    async fn logout(&self, ctx: &Context<'_>) -> Result<bool, AuthError> {
+        let request = request(ctx)?;
+        let principal = request.principal().await?;
+        request.auth.logout(&principal, &request.client).await
+    }
+
+    /// Revoke every token of the signed-in user; returns how many were revoked.
+    async fn logout_all(&self, ctx: &Context<'_>) -> Result<i32, AuthError> {
+        let request = request(ctx)?;
+        let principal = request.principal().await?;
+        let revoked = request.auth.logout_all(&principal, &request.client).await?;
+        Ok(i32::try_from(revoked).unwrap_or(i32::MAX))
+    }
+
+    /// Revoke every token of the signed-in user but the current one (sign out other devices); returns how many.
+    async fn logout_others(&self, ctx: &Context<'_>) -> Result<i32, AuthError> {
+        let request = request(ctx)?;
+        let principal = request.principal().await?;
+        let revoked = request.auth.logout_others(&principal, &request.client).await?;
+        Ok(i32::try_from(revoked).unwrap_or(i32::MAX))
+    }
+
+    /// Revoke one of the signed-in user's sessions by id.
+    async fn revoke_session(&self, ctx: &Context<'_>, id: ID) -> Result<bool, AuthError> {
+        let request = request(ctx)?;
+        let principal = request.principal().await?;
+        request.auth.revoke_session(&principal, &id, &request.client).await
+    }
+
+    /// Change the password. Every token of the user is revoked and a fresh one is returned.
+    async fn change_password(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(secret)] old_password: String,
+        #[graphql(secret)] new_password: String,
+    ) -> Result<AuthPayload, AuthError> {
+        let request = request(ctx)?;
+        let principal = request.principal().await?;
+        let issued = request
+            .auth
+            .change_password(
+                &principal,
+                &Password::new(&old_password),
+                Password::new(&new_password),
+                &request.client,
+            )
+            .await?;
+        Ok(issued.into())
+    }
+}

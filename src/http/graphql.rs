@@ -1,0 +1,199 @@
+//! GraphQL over HTTP: gathers the facts of the request (credential, client
+//! IP, user agent), hands them to the schema, and enforces the HTTP-level
+//! limits (content type, body size, batch size, no mutations over GET).
+
+use std::sync::Arc;
+
+use async_graphql::parser::types::OperationType;
+use async_graphql::{BatchRequest, BatchResponse, ServerError, Variables};
+use async_graphql_poem::{GraphQLBatchResponse, GraphQLResponse};
+use poem::http::{header, StatusCode};
+use poem::web::{Data, Html};
+use poem::{handler, Body, IntoResponse, Request, Response};
+use serde::Deserialize;
+
+use super::client_ip::{client_info, credential};
+use crate::graphql::limits::limit_extensions;
+use crate::graphql::RequestContext;
+use crate::state::AppState;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Most operations in one batched request.
+pub const MAX_BATCH: usize = 10;
+
+#[handler]
+pub async fn post(req: &Request, body: Body, Data(state): Data<&AppState>) -> Response {
+    if !is_json(req) {
+        return refusal(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "POST /graphql takes Content-Type: application/json",
+            "UNSUPPORTED_MEDIA_TYPE",
+        );
+    }
+    let bytes = match body.into_bytes_limit(MAX_BODY_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(poem::error::ReadBodyError::PayloadTooLarge) => {
+            return refusal(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+                "BODY_TOO_LARGE",
+            )
+        }
+        Err(_) => return refusal(StatusCode::BAD_REQUEST, "the body could not be read", "MALFORMED_REQUEST"),
+    };
+    let batch: BatchRequest = match serde_json::from_slice(&bytes) {
+        Ok(batch) => batch,
+        // serde's message can quote the body, which may hold a password:
+        // report only where the JSON went wrong.
+        Err(err) => {
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "the body is not a GraphQL request (JSON error at line {}, column {})",
+                    err.line(),
+                    err.column()
+                ),
+                "MALFORMED_REQUEST",
+            )
+        }
+    };
+    if let BatchRequest::Batch(requests) = &batch {
+        if requests.is_empty() || requests.len() > MAX_BATCH {
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                &format!("a batch holds 1 to {MAX_BATCH} operations, not {}", requests.len()),
+                "BATCH_TOO_LARGE",
+            );
+        }
+    }
+    let context = request_context(req, state);
+    let mut response = state.schema.execute_batch(batch.data(context)).await;
+    match &mut response {
+        BatchResponse::Single(single) => label_errors(&mut single.errors),
+        BatchResponse::Batch(many) => many.iter_mut().for_each(|r| label_errors(&mut r.errors)),
+    }
+    GraphQLBatchResponse(response).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GetParams {
+    query: Option<String>,
+    operation_name: Option<String>,
+    variables: Option<String>,
+}
+
+#[handler]
+pub async fn get(req: &Request, Data(state): Data<&AppState>) -> Response {
+    let Ok(params) = req.params::<GetParams>() else {
+        return refusal(StatusCode::BAD_REQUEST, "the query string is malformed", "MALFORMED_REQUEST");
+    };
+    let Some(query) = params.query else {
+        if accepts_html(req) {
+            return Html(
+                async_graphql::http::GraphiQLSource::build()
+                    .endpoint("/graphql")
+                    .title("authql")
+                    .finish(),
+            )
+            .into_response();
+        }
+        return refusal(StatusCode::BAD_REQUEST, "GET /graphql needs a ?query= parameter", "MALFORMED_REQUEST");
+    };
+    if selects_mutation(&query, params.operation_name.as_deref()) {
+        let mut response = refusal(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "mutations are accepted over POST only",
+            "METHOD_NOT_ALLOWED",
+        );
+        response.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+        return response;
+    }
+    let variables = match params.variables.as_deref().map(serde_json::from_str::<Variables>) {
+        None => Variables::default(),
+        Some(Ok(variables)) => variables,
+        Some(Err(_)) => {
+            return refusal(StatusCode::BAD_REQUEST, "variables must be a JSON object", "MALFORMED_REQUEST")
+        }
+    };
+    let mut request = async_graphql::Request::new(query).variables(variables);
+    if let Some(name) = params.operation_name {
+        request = request.operation_name(name);
+    }
+    let mut response = state
+        .schema
+        .execute(request.data(request_context(req, state)))
+        .await;
+    label_errors(&mut response.errors);
+    GraphQLResponse(response.into()).into_response()
+}
+
+fn request_context(req: &Request, state: &AppState) -> Arc<RequestContext> {
+    Arc::new(RequestContext::new(
+        state.auth.clone(),
+        credential(req),
+        client_info(req, state.trust_forwarded_for),
+    ))
+}
+
+fn is_json(req: &Request) -> bool {
+    req.content_type()
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn accepts_html(req: &Request) -> bool {
+    req.headers()
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"))
+}
+
+/// True when the operation that would run is a mutation. A document that
+/// does not parse is left to the executor, which reports why.
+fn selects_mutation(query: &str, operation_name: Option<&str>) -> bool {
+    let Ok(document) = async_graphql::parser::parse_query(query) else {
+        return false;
+    };
+    document.operations.iter().any(|(name, op)| {
+        op.node.ty == OperationType::Mutation
+            && (operation_name.is_none() || name.map(|n| n.as_str()) == operation_name)
+    })
+}
+
+/// Gives every error without a code (those async-graphql raises itself
+/// while parsing and validating) `BAD_USER_INPUT` and a reason. Errors from
+/// resolvers carry their own codes already.
+fn label_errors(errors: &mut [ServerError]) {
+    for error in errors {
+        let has_code = error
+            .extensions
+            .as_ref()
+            .is_some_and(|ext| ext.get("code").is_some());
+        if has_code {
+            continue;
+        }
+        let reason = match error.message.as_str() {
+            "Query is nested too deep." => "QUERY_TOO_DEEP",
+            "Query is too complex." => "QUERY_TOO_COMPLEX",
+            _ if error.path.is_empty() => "GRAPHQL_VALIDATION_FAILED",
+            _ => "INVALID_ARGUMENT",
+        };
+        error.extensions = Some(limit_extensions(reason));
+    }
+}
+
+/// A request refused before GraphQL runs, in the GraphQL error shape.
+pub fn refusal(status: StatusCode, message: &str, reason: &str) -> Response {
+    let body = serde_json::json!({
+        "errors": [{
+            "message": message,
+            "extensions": { "code": "BAD_USER_INPUT", "reasons": [reason] }
+        }]
+    });
+    Response::builder()
+        .status(status)
+        .content_type("application/json")
+        .body(body.to_string())
+}

@@ -1,0 +1,135 @@
+//! HTTP: the routes, CORS, request ids and panics caught at the edge.
+
+pub mod client_ip;
+pub mod graphql;
+
+use std::time::{Duration, Instant};
+
+use poem::http::{HeaderValue, Method, StatusCode};
+use poem::middleware::{CatchPanic, Cors};
+use poem::web::Data;
+use poem::{get, handler, Endpoint, EndpointExt as _, IntoResponse, Request, Response, Route};
+use tracing::Instrument as _;
+
+use crate::state::AppState;
+
+const REQUEST_ID: &str = "x-request-id";
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Every route, with its middleware.
+pub fn routes(state: AppState, cors_origins: &[String]) -> poem::endpoint::BoxEndpoint<'static, Response> {
+    let route = Route::new()
+        .at("/graphql", get(graphql::get).post(graphql::post))
+        .at("/healthz", get(healthz))
+        .at("/readyz", get(readyz))
+        .at("/metrics", get(metrics))
+        .data(state)
+        .with(CatchPanic::new());
+    let route = if cors_origins.is_empty() {
+        // No Cors middleware: browsers refuse cross-origin calls.
+        route.boxed()
+    } else {
+        route
+            .with(
+                Cors::new()
+                    .allow_origins(cors_origins.iter().map(String::as_str))
+                    .allow_methods([Method::GET, Method::POST])
+                    .allow_headers(["authorization", "content-type", REQUEST_ID])
+                    .expose_headers([REQUEST_ID])
+                    .max_age(600),
+            )
+            .boxed()
+    };
+    route.around(with_request_id).map_to_response().boxed()
+}
+
+/// Gives each request an id (the client's, when well-formed), attaches it
+/// to every log line of the request and echoes it in the response.
+async fn with_request_id<E: Endpoint>(next: std::sync::Arc<E>, req: Request) -> poem::Result<Response> {
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| is_well_formed_id(id))
+        .map_or_else(new_request_id, str::to_owned);
+    let route = route_label(req.uri().path());
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    let started = Instant::now();
+    let mut response = match next.call(req).instrument(span.clone()).await {
+        Ok(response) => response.into_response(),
+        Err(err) => err.into_response(),
+    };
+    let elapsed = started.elapsed();
+    crate::metrics::http_latency(route, elapsed);
+    span.in_scope(|| tracing::debug!(status = response.status().as_u16(), elapsed_ms = elapsed.as_millis() as u64, "request finished"));
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    Ok(response)
+}
+
+fn is_well_formed_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+fn new_request_id() -> String {
+    use rand::RngCore as _;
+    let mut bytes = [0u8; 12];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A fixed label per route, never the raw path, for metrics.
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/graphql" => "graphql",
+        "/healthz" => "healthz",
+        "/readyz" => "readyz",
+        "/metrics" => "metrics",
+        _ => "other",
+    }
+}
+
+#[handler]
+fn healthz() -> &'static str {
+    "ok"
+}
+
+#[handler]
+async fn readyz(Data(state): Data<&AppState>) -> Response {
+    let ready = tokio::time::timeout(READY_TIMEOUT, crate::db::ping(state.auth.db()))
+        .await
+        .unwrap_or(false);
+    if ready {
+        "ready".into_response()
+    } else {
+        "database unavailable"
+            .with_status(StatusCode::SERVICE_UNAVAILABLE)
+            .into_response()
+    }
+}
+
+#[handler]
+fn metrics(Data(state): Data<&AppState>) -> Response {
+    crate::metrics::cache_entries(state.auth.cache().len());
+    Response::builder()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_well_formed_id;
+
+    #[test]
+    fn request_ids_are_bounded_and_plain() {
+        assert!(is_well_formed_id("3f2a-77_b.c:1"));
+        assert!(!is_well_formed_id(""));
+        assert!(!is_well_formed_id(&"a".repeat(129)));
+        assert!(!is_well_formed_id("a b"));
+        assert!(!is_well_formed_id("a\nb"));
+    }
+}

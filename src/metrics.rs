@@ -1,0 +1,83 @@
+//! Prometheus metrics. Every label value comes from a fixed set: never a
+//! username, an IP or a token, so series stay few and nothing leaks.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::error::Unauthenticated;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Installs the process-wide recorder once and returns its handle.
+pub fn handle() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new();
+            let builder = builder
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was set; ours then stays empty.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    metrics::describe_counter!("authql_logins_total", "Login attempts by outcome.");
+    metrics::describe_counter!(
+        "authql_token_resolutions_total",
+        "Bearer token resolutions by path (cache, database, refused) and refusal reason."
+    );
+    metrics::describe_counter!("authql_revocations_total", "Tokens revoked, by kind.");
+    metrics::describe_gauge!("authql_token_cache_entries", "Entries in the token cache.");
+    metrics::describe_counter!("authql_database_errors_total", "Failed database operations.");
+    metrics::describe_histogram!(
+        "authql_operation_duration_seconds",
+        "GraphQL operation latency by operation type."
+    );
+    metrics::describe_histogram!("authql_http_request_duration_seconds", "HTTP request latency by route.");
+}
+
+pub fn login(outcome: &'static str) {
+    metrics::counter!("authql_logins_total", "outcome" => outcome).increment(1);
+}
+
+pub fn token_resolved(path: &'static str) {
+    metrics::counter!("authql_token_resolutions_total", "path" => path, "reason" => "").increment(1);
+}
+
+pub fn token_refused(reason: Unauthenticated) {
+    metrics::counter!("authql_token_resolutions_total", "path" => "refused", "reason" => reason.as_str())
+        .increment(1);
+}
+
+pub fn revoked(kind: &'static str, count: u64) {
+    metrics::counter!("authql_revocations_total", "kind" => kind).increment(count);
+}
+
+pub fn database_error() {
+    metrics::counter!("authql_database_errors_total").increment(1);
+}
+
+pub fn cache_entries(entries: u64) {
+    #[allow(clippy::cast_precision_loss)]
+    metrics::gauge!("authql_token_cache_entries").set(entries as f64);
+}
+
+pub fn operation_latency(kind: &'static str, elapsed: Duration) {
+    metrics::histogram!("authql_operation_duration_seconds", "operation" => kind).record(elapsed.as_secs_f64());
+}
+
+pub fn http_latency(route: &'static str, elapsed: Duration) {
+    metrics::histogram!("authql_http_request_duration_seconds", "route" => route).record(elapsed.as_secs_f64());
+}

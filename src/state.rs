@@ -1,0 +1,17 @@
+//! The state every handler shares, built once at start and cheap to clone.
+
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::auth::AuthService;
+use crate::graphql::AuthqlSchema;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub auth: Arc<AuthService>,
+    pub schema: AuthqlSchema,
+    pub metrics: PrometheusHandle,
+    /// Take the client IP from the last `X-Forwarded-For` entry.
+    pub trust_forwarded_for: bool,
+}
