@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound as _, Utc};
 
 #[derive(Clone, Default)]
 pub struct Clock {
@@ -13,8 +13,12 @@ pub struct Clock {
 }
 
 impl Clock {
+    /// Now, to the microsecond: what PostgreSQL stores, so a time returned
+    /// at once and the same time read back later are equal.
     pub fn now(&self) -> DateTime<Utc> {
-        Utc::now() + chrono::Duration::milliseconds(self.offset_ms.load(Ordering::Relaxed))
+        let now =
+            Utc::now() + chrono::Duration::milliseconds(self.offset_ms.load(Ordering::Relaxed));
+        now.trunc_subsecs(6)
     }
 
     /// Moves this clock (and every clone of it) forward.

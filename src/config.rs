@@ -15,7 +15,12 @@ use secrecy::SecretString;
 #[derive(Args, Clone)]
 pub struct Settings {
     /// Database URL: sqlite://FILE?mode=rwc or postgres://USER@HOST/DB.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://authql.db?mode=rwc", global = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://authql.db?mode=rwc",
+        global = true
+    )]
     pub database_url: String,
 
     /// Most database connections this instance opens.
@@ -24,7 +29,12 @@ pub struct Settings {
     pub db_max_connections: u32,
 
     /// Address to listen on.
-    #[arg(long, env = "AUTHQL_LISTEN", default_value = "127.0.0.1:8000", global = true)]
+    #[arg(
+        long,
+        env = "AUTHQL_LISTEN",
+        default_value = "127.0.0.1:8000",
+        global = true
+    )]
     pub listen: SocketAddr,
 
     /// Token lifetime in seconds, from issue (absolute expiry).
@@ -36,7 +46,12 @@ pub struct Settings {
     pub cache_ttl: Duration,
 
     /// Entries in the token cache; 0 turns the cache off.
-    #[arg(long, env = "AUTHQL_CACHE_CAPACITY", default_value_t = 100_000, global = true)]
+    #[arg(
+        long,
+        env = "AUTHQL_CACHE_CAPACITY",
+        default_value_t = 100_000,
+        global = true
+    )]
     pub cache_capacity: u64,
 
     /// bcrypt cost for new hashes; stored hashes of another cost are
@@ -47,7 +62,12 @@ pub struct Settings {
 
     /// Login attempts allowed per client IP and per username: N/second,
     /// N/minute, N/hour or N/day.
-    #[arg(long, env = "AUTHQL_LOGIN_RATE", default_value = "10/minute", global = true)]
+    #[arg(
+        long,
+        env = "AUTHQL_LOGIN_RATE",
+        default_value = "10/minute",
+        global = true
+    )]
     pub login_rate: LoginRate,
 
     /// bcrypt computations at once [default: the number of CPU cores].
@@ -61,7 +81,12 @@ pub struct Settings {
 
     /// Most live sessions per user; a login beyond it revokes the oldest.
     /// 0: no cap.
-    #[arg(long, env = "AUTHQL_MAX_SESSIONS_PER_USER", default_value_t = 0, global = true)]
+    #[arg(
+        long,
+        env = "AUTHQL_MAX_SESSIONS_PER_USER",
+        default_value_t = 0,
+        global = true
+    )]
     pub max_sessions_per_user: u32,
 
     /// Captcha service checked at login when a secret is set.
@@ -69,7 +94,12 @@ pub struct Settings {
     pub captcha_provider: CaptchaProvider,
 
     /// Captcha secret key; unset: no captcha.
-    #[arg(long, env = "AUTHQL_CAPTCHA_SECRET", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "AUTHQL_CAPTCHA_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
     pub captcha_secret: Option<SecretString>,
 
     /// Captcha verification URL [default: the provider's siteverify URL].
@@ -81,7 +111,12 @@ pub struct Settings {
     pub captcha_min_score: f64,
 
     /// reCAPTCHA v3 action the answer must carry.
-    #[arg(long, env = "AUTHQL_CAPTCHA_ACTION", default_value = "login", global = true)]
+    #[arg(
+        long,
+        env = "AUTHQL_CAPTCHA_ACTION",
+        default_value = "login",
+        global = true
+    )]
     pub captcha_action: String,
 
     /// Serve schema introspection (GraphiQL and codegen need it); false also
@@ -141,7 +176,10 @@ impl fmt::Debug for Settings {
             .field("cache_capacity", &self.cache_capacity)
             .field("bcrypt_cost", &self.bcrypt_cost)
             .field("login_rate", &self.login_rate)
-            .field("captcha", &self.captcha_secret.as_ref().map(|_| self.captcha_provider))
+            .field(
+                "captcha",
+                &self.captcha_secret.as_ref().map(|_| self.captcha_provider),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -223,7 +261,9 @@ fn parse_origin(s: &str) -> Result<String, String> {
     let s = s.trim().trim_end_matches('/');
     let url = reqwest::Url::parse(s).map_err(|e| format!("not an origin: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || url.path() != "/" {
-        return Err(format!("expected an origin such as https://app.example.com, got {s}"));
+        return Err(format!(
+            "expected an origin such as https://app.example.com, got {s}"
+        ));
     }
     Ok(s.to_owned())
 }
@@ -237,12 +277,22 @@ mod tests {
         let rate: LoginRate = "10/minute".parse().unwrap();
         assert_eq!(rate.count.get(), 10);
         assert_eq!(rate.per, Duration::from_secs(60));
-        assert_eq!("3/day".parse::<LoginRate>().unwrap().per, Duration::from_secs(86_400));
+        assert_eq!(
+            "3/day".parse::<LoginRate>().unwrap().per,
+            Duration::from_secs(86_400)
+        );
     }
 
     #[test]
     fn login_rate_refuses_nonsense() {
-        for bad in ["", "10", "0/minute", "x/minute", "10/fortnight", "-1/second"] {
+        for bad in [
+            "",
+            "10",
+            "0/minute",
+            "x/minute",
+            "10/fortnight",
+            "-1/second",
+        ] {
             assert!(bad.parse::<LoginRate>().is_err(), "{bad} was accepted");
         }
     }
@@ -264,7 +314,10 @@ mod tests {
 
     #[test]
     fn origins_are_scheme_host_and_port_only() {
-        assert_eq!(parse_origin("https://app.example.com/").unwrap(), "https://app.example.com");
+        assert_eq!(
+            parse_origin("https://app.example.com/").unwrap(),
+            "https://app.example.com"
+        );
         assert!(parse_origin("https://app.example.com/path").is_err());
         assert!(parse_origin("app.example.com").is_err());
     }

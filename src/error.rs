@@ -36,7 +36,9 @@ pub enum AuthError {
     CaptchaRequired,
     CaptchaInvalid,
     CaptchaUnavailable,
-    RateLimited { retry_after: u64 },
+    RateLimited {
+        retry_after: u64,
+    },
     /// Input refused; `reasons` lists every rule it broke.
     BadUserInput {
         message: String,

@@ -32,7 +32,12 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = cli.settings;
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => App::build(settings).await?.run_until_stopped(shutdown_signal()).await,
+        Command::Serve => {
+            App::build(settings)
+                .await?
+                .run_until_stopped(shutdown_signal())
+                .await
+        }
         Command::Migrate => {
             let db = db::connect(&settings.database_url, 1).await?;
             db::migrate(&db).await?;
@@ -52,7 +57,11 @@ async fn manage_user(settings: &Settings, command: UserCommand) -> anyhow::Resul
     db::migrate(&db).await?;
     let auth = AuthService::new(db, settings, Clock::default()).await?;
     match command {
-        UserCommand::Create { username, email, password_stdin } => {
+        UserCommand::Create {
+            username,
+            email,
+            password_stdin,
+        } => {
             let password = read_password(password_stdin)?;
             let user = auth
                 .create_user(&username, email.as_deref(), password)
@@ -60,9 +69,15 @@ async fn manage_user(settings: &Settings, command: UserCommand) -> anyhow::Resul
                 .map_err(explain)?;
             eprintln!("created user {} (id {})", user.username, user.id);
         }
-        UserCommand::SetPassword { username, password_stdin } => {
+        UserCommand::SetPassword {
+            username,
+            password_stdin,
+        } => {
             let password = read_password(password_stdin)?;
-            let revoked = auth.set_password(&username, password).await.map_err(explain)?;
+            let revoked = auth
+                .set_password(&username, password)
+                .await
+                .map_err(explain)?;
             eprintln!("password set; {revoked} session(s) revoked");
         }
         UserCommand::Deactivate { username } => {

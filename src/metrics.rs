@@ -40,12 +40,18 @@ fn describe() {
     );
     metrics::describe_counter!("authql_revocations_total", "Tokens revoked, by kind.");
     metrics::describe_gauge!("authql_token_cache_entries", "Entries in the token cache.");
-    metrics::describe_counter!("authql_database_errors_total", "Failed database operations.");
+    metrics::describe_counter!(
+        "authql_database_errors_total",
+        "Failed database operations."
+    );
     metrics::describe_histogram!(
         "authql_operation_duration_seconds",
         "GraphQL operation latency by operation type."
     );
-    metrics::describe_histogram!("authql_http_request_duration_seconds", "HTTP request latency by route.");
+    metrics::describe_histogram!(
+        "authql_http_request_duration_seconds",
+        "HTTP request latency by route."
+    );
 }
 
 pub fn login(outcome: &'static str) {
@@ -53,7 +59,8 @@ pub fn login(outcome: &'static str) {
 }
 
 pub fn token_resolved(path: &'static str) {
-    metrics::counter!("authql_token_resolutions_total", "path" => path, "reason" => "").increment(1);
+    metrics::counter!("authql_token_resolutions_total", "path" => path, "reason" => "")
+        .increment(1);
 }
 
 pub fn token_refused(reason: Unauthenticated) {
@@ -75,9 +82,11 @@ pub fn cache_entries(entries: u64) {
 }
 
 pub fn operation_latency(kind: &'static str, elapsed: Duration) {
-    metrics::histogram!("authql_operation_duration_seconds", "operation" => kind).record(elapsed.as_secs_f64());
+    metrics::histogram!("authql_operation_duration_seconds", "operation" => kind)
+        .record(elapsed.as_secs_f64());
 }
 
 pub fn http_latency(route: &'static str, elapsed: Duration) {
-    metrics::histogram!("authql_http_request_duration_seconds", "route" => route).record(elapsed.as_secs_f64());
+    metrics::histogram!("authql_http_request_duration_seconds", "route" => route)
+        .record(elapsed.as_secs_f64());
 }

@@ -58,7 +58,8 @@ impl App {
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {} (--listen)", settings.listen))?;
-        let acceptor = TcpAcceptor::from_tokio(listener).context("cannot use the listening socket")?;
+        let acceptor =
+            TcpAcceptor::from_tokio(listener).context("cannot use the listening socket")?;
         Ok(Self {
             acceptor,
             state,
@@ -84,7 +85,10 @@ impl App {
     ///
     /// # Errors
     /// When the server fails.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let auth = self.state.auth.clone();
         self.report(auth.count_users().await.unwrap_or(0));
         let mut background = vec![tokio::spawn(sweeper::run(auth.clone()))];

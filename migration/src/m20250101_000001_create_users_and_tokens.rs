@@ -30,7 +30,11 @@ impl MigrationTrait for Migration {
                             .unique_key(),
                     )
                     .col(ColumnDef::new(Users::Email).string_len(254).null())
-                    .col(ColumnDef::new(Users::PasswordHash).string_len(128).not_null())
+                    .col(
+                        ColumnDef::new(Users::PasswordHash)
+                            .string_len(128)
+                            .not_null(),
+                    )
                     .col(
                         ColumnDef::new(Users::IsActive)
                             .boolean()

@@ -112,7 +112,13 @@ impl TokenCache {
         Lookup::Hit(entry.principal)
     }
 
-    pub fn insert(&self, digest: TokenDigest, principal: Principal, generation: u64, now: DateTime<Utc>) {
+    pub fn insert(
+        &self,
+        digest: TokenDigest,
+        principal: Principal,
+        generation: u64,
+        now: DateTime<Utc>,
+    ) {
         if let Some(entries) = self.active() {
             let fresh_until = principal.expires_at.min(now + self.inner.ttl);
             entries.insert(
@@ -209,7 +215,12 @@ mod tests {
         let cache = TokenCache::new(10, Duration::from_secs(60));
         let digest = Token::generate().digest();
         let now = Utc::now();
-        cache.insert(digest, principal(1, now + chrono::Duration::hours(1)), cache.generation(), now);
+        cache.insert(
+            digest,
+            principal(1, now + chrono::Duration::hours(1)),
+            cache.generation(),
+            now,
+        );
         assert!(hit(cache.get(&digest, now)));
     }
 
@@ -218,12 +229,26 @@ mod tests {
         let cache = TokenCache::new(10, Duration::from_secs(60));
         let now = Utc::now();
         let long_lived = Token::generate().digest();
-        cache.insert(long_lived, principal(1, now + chrono::Duration::hours(1)), cache.generation(), now);
-        assert!(!hit(cache.get(&long_lived, now + chrono::Duration::seconds(61))));
+        cache.insert(
+            long_lived,
+            principal(1, now + chrono::Duration::hours(1)),
+            cache.generation(),
+            now,
+        );
+        assert!(!hit(
+            cache.get(&long_lived, now + chrono::Duration::seconds(61))
+        ));
 
         let short_lived = Token::generate().digest();
-        cache.insert(short_lived, principal(1, now + chrono::Duration::seconds(5)), cache.generation(), now);
-        assert!(!hit(cache.get(&short_lived, now + chrono::Duration::seconds(5))));
+        cache.insert(
+            short_lived,
+            principal(1, now + chrono::Duration::seconds(5)),
+            cache.generation(),
+            now,
+        );
+        assert!(!hit(
+            cache.get(&short_lived, now + chrono::Duration::seconds(5))
+        ));
     }
 
     #[test]
@@ -231,7 +256,11 @@ mod tests {
         let cache = TokenCache::new(10, Duration::from_secs(60));
         let now = Utc::now();
         let later = now + chrono::Duration::hours(1);
-        let (a1, a2, b) = (Token::generate().digest(), Token::generate().digest(), Token::generate().digest());
+        let (a1, a2, b) = (
+            Token::generate().digest(),
+            Token::generate().digest(),
+            Token::generate().digest(),
+        );
         cache.insert(a1, principal(1, later), cache.generation(), now);
         cache.insert(a2, principal(1, later), cache.generation(), now);
         cache.insert(b, principal(2, later), cache.generation(), now);
@@ -248,7 +277,12 @@ mod tests {
         let digest = Token::generate().digest();
         let read_at = cache.generation();
         cache.revoke_user(1);
-        cache.insert(digest, principal(1, now + chrono::Duration::hours(1)), read_at, now);
+        cache.insert(
+            digest,
+            principal(1, now + chrono::Duration::hours(1)),
+            read_at,
+            now,
+        );
         assert!(!hit(cache.get(&digest, now)));
     }
 
@@ -259,7 +293,12 @@ mod tests {
         let digest = Token::generate().digest();
         let read_at = cache.generation();
         cache.clear();
-        cache.insert(digest, principal(1, now + chrono::Duration::hours(1)), read_at, now);
+        cache.insert(
+            digest,
+            principal(1, now + chrono::Duration::hours(1)),
+            read_at,
+            now,
+        );
         assert!(!hit(cache.get(&digest, now)));
     }
 
@@ -268,10 +307,20 @@ mod tests {
         let cache = TokenCache::new(10, Duration::from_secs(60));
         let now = Utc::now();
         let digest = Token::generate().digest();
-        cache.insert(digest, principal(1, now + chrono::Duration::hours(1)), cache.generation(), now);
+        cache.insert(
+            digest,
+            principal(1, now + chrono::Duration::hours(1)),
+            cache.generation(),
+            now,
+        );
         cache.set_bypassed(true);
         assert!(!hit(cache.get(&digest, now)));
-        cache.insert(digest, principal(1, now + chrono::Duration::hours(1)), cache.generation(), now);
+        cache.insert(
+            digest,
+            principal(1, now + chrono::Duration::hours(1)),
+            cache.generation(),
+            now,
+        );
         cache.set_bypassed(false);
         assert!(!hit(cache.get(&digest, now)));
     }
@@ -281,7 +330,12 @@ mod tests {
         let cache = TokenCache::new(0, Duration::from_secs(60));
         let now = Utc::now();
         let digest = Token::generate().digest();
-        cache.insert(digest, principal(1, now + chrono::Duration::hours(1)), cache.generation(), now);
+        cache.insert(
+            digest,
+            principal(1, now + chrono::Duration::hours(1)),
+            cache.generation(),
+            now,
+        );
         assert!(!cache.is_enabled());
         assert!(!hit(cache.get(&digest, now)));
     }

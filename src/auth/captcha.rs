@@ -84,7 +84,10 @@ impl CaptchaVerifier {
         let answer = match self.client.post(&self.verify_url).form(&form).send().await {
             Ok(reply) if reply.status().is_success() => read_answer(reply).await,
             Ok(reply) => {
-                tracing::warn!(status = reply.status().as_u16(), "captcha service answered an error");
+                tracing::warn!(
+                    status = reply.status().as_u16(),
+                    "captcha service answered an error"
+                );
                 return Verdict::Unavailable;
             }
             Err(err) => {
@@ -115,7 +118,8 @@ impl CaptchaVerifier {
         }
         if self.provider == CaptchaProvider::Recaptcha {
             if let Some(score) = answer.score {
-                if score < self.min_score || answer.action.as_deref() != Some(self.action.as_str()) {
+                if score < self.min_score || answer.action.as_deref() != Some(self.action.as_str())
+                {
                     return Verdict::Refused;
                 }
             }
@@ -125,7 +129,10 @@ impl CaptchaVerifier {
 }
 
 async fn read_answer(reply: reqwest::Response) -> Option<Answer> {
-    if reply.content_length().is_some_and(|len| len > MAX_RESPONSE_BYTES as u64) {
+    if reply
+        .content_length()
+        .is_some_and(|len| len > MAX_RESPONSE_BYTES as u64)
+    {
         return None;
     }
     let body = reply.bytes().await.ok()?;
@@ -140,7 +147,8 @@ mod tests {
     use super::*;
 
     fn verifier(provider: &str) -> CaptchaVerifier {
-        let settings = Settings::from_args(&["--captcha-secret", "s", "--captcha-provider", provider]);
+        let settings =
+            Settings::from_args(&["--captcha-secret", "s", "--captcha-provider", provider]);
         CaptchaVerifier::from_settings(&settings).unwrap().unwrap()
     }
 
@@ -150,40 +158,103 @@ mod tests {
 
     #[test]
     fn recaptcha_v2_success_passes() {
-        assert_eq!(judge("recaptcha", r#"{"success":true,"hostname":"x"}"#), Verdict::Passed);
-        assert_eq!(judge("recaptcha", r#"{"success":false,"error-codes":["invalid-input-response"]}"#), Verdict::Refused);
+        assert_eq!(
+            judge("recaptcha", r#"{"success":true,"hostname":"x"}"#),
+            Verdict::Passed
+        );
+        assert_eq!(
+            judge(
+                "recaptcha",
+                r#"{"success":false,"error-codes":["invalid-input-response"]}"#
+            ),
+            Verdict::Refused
+        );
     }
 
     #[test]
     fn recaptcha_v3_checks_score_and_action() {
-        assert_eq!(judge("recaptcha", r#"{"success":true,"score":0.9,"action":"login"}"#), Verdict::Passed);
-        assert_eq!(judge("recaptcha", r#"{"success":true,"score":0.5,"action":"login"}"#), Verdict::Passed);
-        assert_eq!(judge("recaptcha", r#"{"success":true,"score":0.1,"action":"login"}"#), Verdict::Refused);
-        assert_eq!(judge("recaptcha", r#"{"success":true,"score":0.9,"action":"signup"}"#), Verdict::Refused);
-        assert_eq!(judge("recaptcha", r#"{"success":true,"score":0.9}"#), Verdict::Refused);
+        assert_eq!(
+            judge(
+                "recaptcha",
+                r#"{"success":true,"score":0.9,"action":"login"}"#
+            ),
+            Verdict::Passed
+        );
+        assert_eq!(
+            judge(
+                "recaptcha",
+                r#"{"success":true,"score":0.5,"action":"login"}"#
+            ),
+            Verdict::Passed
+        );
+        assert_eq!(
+            judge(
+                "recaptcha",
+                r#"{"success":true,"score":0.1,"action":"login"}"#
+            ),
+            Verdict::Refused
+        );
+        assert_eq!(
+            judge(
+                "recaptcha",
+                r#"{"success":true,"score":0.9,"action":"signup"}"#
+            ),
+            Verdict::Refused
+        );
+        assert_eq!(
+            judge("recaptcha", r#"{"success":true,"score":0.9}"#),
+            Verdict::Refused
+        );
     }
 
     #[test]
     fn hcaptcha_enterprise_scores_are_not_read_as_recaptcha_scores() {
-        assert_eq!(judge("hcaptcha", r#"{"success":true,"score":0.1}"#), Verdict::Passed);
+        assert_eq!(
+            judge("hcaptcha", r#"{"success":true,"score":0.1}"#),
+            Verdict::Passed
+        );
         assert_eq!(judge("hcaptcha", r#"{"success":false}"#), Verdict::Refused);
     }
 
     #[test]
     fn turnstile_answers_are_read() {
-        assert_eq!(judge("turnstile", r#"{"success":true,"action":"anything","cdata":""}"#), Verdict::Passed);
-        assert_eq!(judge("turnstile", r#"{"success":false,"error-codes":["timeout-or-duplicate"]}"#), Verdict::Refused);
+        assert_eq!(
+            judge(
+                "turnstile",
+                r#"{"success":true,"action":"anything","cdata":""}"#
+            ),
+            Verdict::Passed
+        );
+        assert_eq!(
+            judge(
+                "turnstile",
+                r#"{"success":false,"error-codes":["timeout-or-duplicate"]}"#
+            ),
+            Verdict::Refused
+        );
     }
 
     #[test]
     fn a_refused_secret_is_our_fault_not_the_users() {
-        assert_eq!(judge("recaptcha", r#"{"success":false,"error-codes":["invalid-input-secret"]}"#), Verdict::Unavailable);
+        assert_eq!(
+            judge(
+                "recaptcha",
+                r#"{"success":false,"error-codes":["invalid-input-secret"]}"#
+            ),
+            Verdict::Unavailable
+        );
     }
 
     #[test]
     fn each_provider_has_its_documented_endpoint() {
-        assert_eq!(verifier("recaptcha").verify_url, "https://www.google.com/recaptcha/api/siteverify");
-        assert_eq!(verifier("hcaptcha").verify_url, "https://api.hcaptcha.com/siteverify");
+        assert_eq!(
+            verifier("recaptcha").verify_url,
+            "https://www.google.com/recaptcha/api/siteverify"
+        );
+        assert_eq!(
+            verifier("hcaptcha").verify_url,
+            "https://api.hcaptcha.com/siteverify"
+        );
         assert_eq!(
             verifier("turnstile").verify_url,
             "https://challenges.cloudflare.com/turnstile/v0/siteverify"

@@ -25,7 +25,9 @@ pub async fn run(database_url: String, cache: TokenCache) {
                 tracing::info!("listening for revocations from other instances");
                 follow(&mut listener, &cache).await;
                 cache.set_bypassed(true);
-                tracing::warn!("lost the revocation channel; bypassing the token cache until it is back");
+                tracing::warn!(
+                    "lost the revocation channel; bypassing the token cache until it is back"
+                );
             }
             Err(err) => {
                 tracing::warn!(error = %err, "cannot listen for revocations; retrying");

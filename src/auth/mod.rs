@@ -20,8 +20,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, DatabaseConnection,
-    EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
-    TransactionTrait as _,
+    EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _, TransactionTrait as _,
 };
 
 use crate::clock::Clock;
@@ -97,6 +96,13 @@ pub struct ClientInfo {
     pub user_agent: Option<String>,
 }
 
+impl ClientInfo {
+    /// The IP for log lines ("-" when unknown).
+    pub fn ip_text(&self) -> String {
+        self.ip.map_or_else(|| "-".to_owned(), |ip| ip.to_string())
+    }
+}
+
 /// The credential a request carried.
 #[derive(Clone, Debug)]
 pub enum Credential {
@@ -123,7 +129,11 @@ pub struct AuthService {
 impl AuthService {
     /// # Errors
     /// When the dummy hash or the captcha client cannot be made.
-    pub async fn new(db: DatabaseConnection, settings: &Settings, clock: Clock) -> anyhow::Result<Self> {
+    pub async fn new(
+        db: DatabaseConnection,
+        settings: &Settings,
+        clock: Clock,
+    ) -> anyhow::Result<Self> {
         let cache = TokenCache::new(settings.cache_capacity, settings.cache_ttl);
         Ok(Self {
             revoker: Revoker::new(db.clone(), cache.clone()),
@@ -133,7 +143,8 @@ impl AuthService {
             },
             throttle: LoginThrottle::new(settings.login_rate),
             captcha: CaptchaVerifier::from_settings(settings)?,
-            token_ttl: chrono::Duration::from_std(settings.token_ttl).context("token-ttl too large")?,
+            token_ttl: chrono::Duration::from_std(settings.token_ttl)
+                .context("token-ttl too large")?,
             max_sessions_per_user: settings.max_sessions_per_user,
             db,
             cache,
@@ -173,7 +184,9 @@ impl AuthService {
     async fn resolve(&self, credential: &Credential) -> Result<Arc<Principal>, AuthError> {
         use secrecy::ExposeSecret as _;
         let text = match credential {
-            Credential::Missing => return Err(AuthError::Unauthenticated(Unauthenticated::MissingToken)),
+            Credential::Missing => {
+                return Err(AuthError::Unauthenticated(Unauthenticated::MissingToken))
+            }
             Credential::Unsupported => return Err(invalid_token()),
             Credential::Token(text) => text,
         };
@@ -208,14 +221,17 @@ impl AuthService {
             session_id: session.id,
             expires_at: session.expires_at,
         };
-        self.cache.insert(digest, principal.clone(), generation, now);
+        self.cache
+            .insert(digest, principal.clone(), generation, now);
         metrics::token_resolved("database");
         Ok(Arc::new(principal))
     }
 
     async fn forget_expired(&self, session_id: i64, digest: &TokenDigest) -> Result<(), AuthError> {
         self.cache.remove(digest);
-        auth_token::Entity::delete_by_id(session_id).exec(&self.db).await?;
+        auth_token::Entity::delete_by_id(session_id)
+            .exec(&self.db)
+            .await?;
         Ok(())
     }
 
@@ -235,9 +251,11 @@ impl AuthService {
     ) -> Result<Issued, AuthError> {
         let name = Username::parse(username).ok();
         // Throttle by the canonical name, so "Alice" and "ALICE" share a budget.
-        let key = name.as_ref().map_or_else(|| username.to_lowercase(), |n| n.as_ref().to_owned());
+        let key = name
+            .as_ref()
+            .map_or_else(|| username.to_lowercase(), |n| n.as_ref().to_owned());
         if let Err((limit, err)) = self.throttle.check(client.ip, &key) {
-            tracing::info!(event = "rate_limited", limit = ?limit, username = %key, ip = ?client.ip, "login refused by the rate limit");
+            tracing::info!(event = "rate_limited", limit = ?limit, username = %key, ip = %client.ip_text(), "login refused by the rate limit");
             metrics::login("rate_limited");
             return Err(err);
         }
@@ -245,18 +263,22 @@ impl AuthService {
 
         let now = self.clock.now();
         let account = match &name {
-            Some(name) => user::Entity::find()
-                .filter(user::Column::Username.eq(name.as_ref()))
-                .one(&self.db)
-                .await?,
+            Some(name) => {
+                user::Entity::find()
+                    .filter(user::Column::Username.eq(name.as_ref()))
+                    .one(&self.db)
+                    .await?
+            }
             None => None,
         };
         let backoff = match &account {
-            Some(account) => throttle::check_backoff(account.failed_logins, account.last_failed_login, now),
+            Some(account) => {
+                throttle::check_backoff(account.failed_logins, account.last_failed_login, now)
+            }
             None => self.throttle.check_unknown(&key, now),
         };
         if let Err(err) = backoff {
-            tracing::info!(event = "rate_limited", limit = "account_backoff", username = %key, ip = ?client.ip, "login refused by the account backoff");
+            tracing::info!(event = "rate_limited", limit = "account_backoff", username = %key, ip = %client.ip_text(), "login refused by the account backoff");
             metrics::login("rate_limited");
             return Err(err);
         }
@@ -271,12 +293,15 @@ impl AuthService {
                 Some(account) => self.record_failure(account.id, now).await?,
                 None => self.throttle.record_unknown_failure(&key, now),
             }
-            tracing::info!(event = "login_failed", username = %key, ip = ?client.ip, user_agent = ?client.user_agent, "login failed");
+            tracing::info!(event = "login_failed", username = %key, ip = %client.ip_text(), user_agent = client.user_agent.as_deref().unwrap_or("-"), "login failed");
             metrics::login("invalid_credentials");
             return Err(AuthError::InvalidCredentials);
         };
 
-        let new_hash = self.hasher.rehash_if_needed(password, &account.password_hash).await?;
+        let new_hash = self
+            .hasher
+            .rehash_if_needed(password, &account.password_hash)
+            .await?;
         let mut update = user::ActiveModel {
             id: Set(account.id),
             last_login: Set(Some(now)),
@@ -286,16 +311,23 @@ impl AuthService {
         };
         if let Some(hash) = new_hash {
             update.password_hash = Set(hash);
-            tracing::info!(user_id = account.id, "password re-hashed at the configured bcrypt cost");
+            tracing::info!(
+                user_id = account.id,
+                "password re-hashed at the configured bcrypt cost"
+            );
         }
         let account = update.update(&self.db).await?;
         let issued = self.issue(&account, client, now).await?;
-        tracing::info!(event = "login_succeeded", user_id = account.id, ip = ?client.ip, user_agent = ?client.user_agent, "login succeeded");
+        tracing::info!(event = "login_succeeded", user_id = account.id, ip = %client.ip_text(), user_agent = client.user_agent.as_deref().unwrap_or("-"), "login succeeded");
         metrics::login("success");
         Ok(issued)
     }
 
-    async fn check_captcha(&self, answer: Option<&str>, client: &ClientInfo) -> Result<(), AuthError> {
+    async fn check_captcha(
+        &self,
+        answer: Option<&str>,
+        client: &ClientInfo,
+    ) -> Result<(), AuthError> {
         let Some(verifier) = &self.captcha else {
             return Ok(());
         };
@@ -306,7 +338,7 @@ impl AuthService {
         match verifier.verify(answer, client.ip).await {
             Verdict::Passed => Ok(()),
             Verdict::Refused => {
-                tracing::info!(event = "captcha_refused", ip = ?client.ip, "captcha refused");
+                tracing::info!(event = "captcha_refused", ip = %client.ip_text(), "captcha refused");
                 metrics::login("captcha_invalid");
                 Err(AuthError::CaptchaInvalid)
             }
@@ -321,7 +353,10 @@ impl AuthService {
     /// failures on several instances are all counted.
     async fn record_failure(&self, user_id: i64, now: DateTime<Utc>) -> Result<(), AuthError> {
         user::Entity::update_many()
-            .col_expr(user::Column::FailedLogins, Expr::col(user::Column::FailedLogins).add(1))
+            .col_expr(
+                user::Column::FailedLogins,
+                Expr::col(user::Column::FailedLogins).add(1),
+            )
             .col_expr(user::Column::LastFailedLogin, Expr::value(now))
             .filter(user::Column::Id.eq(user_id))
             .exec(&self.db)
@@ -331,7 +366,12 @@ impl AuthService {
 
     /// Stores a new session and, with a session cap, revokes the oldest
     /// sessions beyond it (never refusing the login).
-    async fn issue(&self, account: &user::Model, client: &ClientInfo, now: DateTime<Utc>) -> Result<Issued, AuthError> {
+    async fn issue(
+        &self,
+        account: &user::Model,
+        client: &ClientInfo,
+        now: DateTime<Utc>,
+    ) -> Result<Issued, AuthError> {
         let token = Token::generate();
         let expires_at = now + self.token_ttl;
         let user_agent = client
@@ -360,22 +400,31 @@ impl AuthService {
     }
 
     async fn enforce_session_cap(&self, user_id: i64) -> Result<(), AuthError> {
-        let beyond_cap: Vec<i64> = auth_token::Entity::find()
+        // A user has few sessions: read their ids and skip the newest in Rust
+        // (SQLite has no OFFSET without LIMIT).
+        let newest_first: Vec<i64> = auth_token::Entity::find()
             .select_only()
             .column(auth_token::Column::Id)
             .filter(auth_token::Column::UserId.eq(user_id))
             .order_by_desc(auth_token::Column::CreatedAt)
             .order_by_desc(auth_token::Column::Id)
-            .offset(u64::from(self.max_sessions_per_user))
             .into_tuple()
             .all(&self.db)
             .await?;
+        let cap = usize::try_from(self.max_sessions_per_user).unwrap_or(usize::MAX);
+        let beyond_cap: Vec<i64> = newest_first.into_iter().skip(cap).collect();
         if !beyond_cap.is_empty() {
             let revoked = self
                 .revoker
                 .revoke(user_id, Some(auth_token::Column::Id.is_in(beyond_cap)))
                 .await?;
-            tracing::info!(event = "session_revoked", user_id, count = revoked, reason = "session_cap", "oldest sessions revoked by the session cap");
+            tracing::info!(
+                event = "session_revoked",
+                user_id,
+                count = revoked,
+                reason = "session_cap",
+                "oldest sessions revoked by the session cap"
+            );
             metrics::revoked("session_cap", revoked);
         }
         Ok(())
@@ -409,12 +458,19 @@ impl AuthService {
     ///
     /// # Errors
     /// A database error.
-    pub async fn logout(&self, principal: &Principal, client: &ClientInfo) -> Result<bool, AuthError> {
+    pub async fn logout(
+        &self,
+        principal: &Principal,
+        client: &ClientInfo,
+    ) -> Result<bool, AuthError> {
         let revoked = self
             .revoker
-            .revoke(principal.user.id, Some(auth_token::Column::Id.eq(principal.session_id)))
+            .revoke(
+                principal.user.id,
+                Some(auth_token::Column::Id.eq(principal.session_id)),
+            )
             .await?;
-        tracing::info!(event = "logout", user_id = principal.user.id, session_id = principal.session_id, ip = ?client.ip, "logged out");
+        tracing::info!(event = "logout", user_id = principal.user.id, session_id = principal.session_id, ip = %client.ip_text(), "logged out");
         metrics::revoked("logout", revoked);
         Ok(revoked > 0)
     }
@@ -423,9 +479,13 @@ impl AuthService {
     ///
     /// # Errors
     /// A database error.
-    pub async fn logout_all(&self, principal: &Principal, client: &ClientInfo) -> Result<u64, AuthError> {
+    pub async fn logout_all(
+        &self,
+        principal: &Principal,
+        client: &ClientInfo,
+    ) -> Result<u64, AuthError> {
         let revoked = self.revoker.revoke(principal.user.id, None).await?;
-        tracing::info!(event = "logout_all", user_id = principal.user.id, count = revoked, ip = ?client.ip, "logged out everywhere");
+        tracing::info!(event = "logout_all", user_id = principal.user.id, count = revoked, ip = %client.ip_text(), "logged out everywhere");
         metrics::revoked("logout_all", revoked);
         Ok(revoked)
     }
@@ -434,12 +494,19 @@ impl AuthService {
     ///
     /// # Errors
     /// A database error.
-    pub async fn logout_others(&self, principal: &Principal, client: &ClientInfo) -> Result<u64, AuthError> {
+    pub async fn logout_others(
+        &self,
+        principal: &Principal,
+        client: &ClientInfo,
+    ) -> Result<u64, AuthError> {
         let revoked = self
             .revoker
-            .revoke(principal.user.id, Some(auth_token::Column::Id.ne(principal.session_id)))
+            .revoke(
+                principal.user.id,
+                Some(auth_token::Column::Id.ne(principal.session_id)),
+            )
             .await?;
-        tracing::info!(event = "logout_others", user_id = principal.user.id, count = revoked, ip = ?client.ip, "other sessions logged out");
+        tracing::info!(event = "logout_others", user_id = principal.user.id, count = revoked, ip = %client.ip_text(), "other sessions logged out");
         metrics::revoked("logout_others", revoked);
         Ok(revoked)
     }
@@ -448,7 +515,12 @@ impl AuthService {
     ///
     /// # Errors
     /// `NotFound` when the id is not one of the user's sessions.
-    pub async fn revoke_session(&self, principal: &Principal, id: &str, client: &ClientInfo) -> Result<bool, AuthError> {
+    pub async fn revoke_session(
+        &self,
+        principal: &Principal,
+        id: &str,
+        client: &ClientInfo,
+    ) -> Result<bool, AuthError> {
         let id: i64 = id.parse().map_err(|_| AuthError::NotFound)?;
         let revoked = self
             .revoker
@@ -457,7 +529,7 @@ impl AuthService {
         if revoked == 0 {
             return Err(AuthError::NotFound);
         }
-        tracing::info!(event = "session_revoked", user_id = principal.user.id, session_id = id, ip = ?client.ip, "session revoked");
+        tracing::info!(event = "session_revoked", user_id = principal.user.id, session_id = id, ip = %client.ip_text(), "session revoked");
         metrics::revoked("revoke_session", revoked);
         Ok(true)
     }
@@ -482,9 +554,13 @@ impl AuthService {
             .filter(|a| a.is_active)
             .ok_or_else(invalid_token)?;
         throttle::check_backoff(account.failed_logins, account.last_failed_login, now)?;
-        if !self.hasher.verify(old, Some(&account.password_hash)).await? {
+        if !self
+            .hasher
+            .verify(old, Some(&account.password_hash))
+            .await?
+        {
             self.record_failure(account.id, now).await?;
-            tracing::info!(event = "password_change_failed", user_id = account.id, ip = ?client.ip, "wrong current password");
+            tracing::info!(event = "password_change_failed", user_id = account.id, ip = %client.ip_text(), "wrong current password");
             return Err(AuthError::InvalidCredentials);
         }
         let new = self.check_policy(new, &account.username, Some(old))?;
@@ -506,7 +582,7 @@ impl AuthService {
         metrics::revoked("change_password", revoked);
 
         let issued = self.issue(&account, client, now).await?;
-        tracing::info!(event = "password_changed", user_id = account.id, revoked, ip = ?client.ip, user_agent = ?client.user_agent, "password changed");
+        tracing::info!(event = "password_changed", user_id = account.id, revoked, ip = %client.ip_text(), user_agent = client.user_agent.as_deref().unwrap_or("-"), "password changed");
         Ok(issued)
     }
 
@@ -514,11 +590,19 @@ impl AuthService {
     ///
     /// # Errors
     /// `BadUserInput` listing every failed rule.
-    pub fn check_policy(&self, candidate: Password, username: &str, old: Option<&Password>) -> Result<NewPassword, AuthError> {
+    pub fn check_policy(
+        &self,
+        candidate: Password,
+        username: &str,
+        old: Option<&Password>,
+    ) -> Result<NewPassword, AuthError> {
         NewPassword::parse(candidate, username, old, &self.policy).map_err(|failed| {
             let reasons = failed.iter().map(|v| v.code().to_owned()).collect();
             let why: Vec<String> = failed.iter().map(|v| v.describe(&self.policy)).collect();
-            AuthError::bad_input(format!("the new password was refused: {}", why.join("; ")), reasons)
+            AuthError::bad_input(
+                format!("the new password was refused: {}", why.join("; ")),
+                reasons,
+            )
         })
     }
 

@@ -280,9 +280,13 @@ mod tests {
     #[test]
     fn length_counts_code_points_not_bytes() {
         // 14 characters, 28 bytes: too short despite its bytes.
-        assert_eq!(check("ééééééééééééé1", "alice", None).first(), Some(&PolicyViolation::TooShort));
+        assert_eq!(
+            check("ééééééééééééé1", "alice", None).first(),
+            Some(&PolicyViolation::TooShort)
+        );
         // 15 characters of mixed scripts pass the length rule.
-        assert!(!check("日本語のパスワードはとても長い", "alice", None).contains(&PolicyViolation::TooShort));
+        assert!(!check("日本語のパスワードはとても長い", "alice", None)
+            .contains(&PolicyViolation::TooShort));
     }
 
     #[test]
@@ -307,21 +311,34 @@ mod tests {
 
     #[test]
     fn common_and_predictable_passwords_are_refused() {
-        for common in ["passwordpassword", "qwertyuiopasdfghjkl", "123456789012345", "aaaaaaaaaaaaaaaa"] {
-            assert!(check(common, "alice", None).contains(&PolicyViolation::Common), "{common}");
+        for common in [
+            "passwordpassword",
+            "qwertyuiopasdfghjkl",
+            "123456789012345",
+            "aaaaaaaaaaaaaaaa",
+        ] {
+            assert!(
+                check(common, "alice", None).contains(&PolicyViolation::Common),
+                "{common}"
+            );
         }
     }
 
     #[test]
     fn the_username_may_not_be_the_password() {
-        assert!(check("Wonderland-Alice-Liddell", "alice", None).contains(&PolicyViolation::SimilarToUsername));
-        assert!(check("verylongusernamehere", "verylongusernamehere", None).contains(&PolicyViolation::SimilarToUsername));
+        assert!(check("Wonderland-Alice-Liddell", "alice", None)
+            .contains(&PolicyViolation::SimilarToUsername));
+        assert!(check("verylongusernamehere", "verylongusernamehere", None)
+            .contains(&PolicyViolation::SimilarToUsername));
     }
 
     #[test]
     fn the_old_password_may_not_be_reused() {
         let same = "correct horse battery staple";
-        assert_eq!(check(same, "alice", Some(same)), vec![PolicyViolation::SameAsOld]);
+        assert_eq!(
+            check(same, "alice", Some(same)),
+            vec![PolicyViolation::SameAsOld]
+        );
     }
 
     #[test]
@@ -346,16 +363,28 @@ mod tests {
         let base = "x".repeat(71);
         let stored = NewPassword(Password::new(&format!("{base}A")));
         let hash = hasher.hash(&stored).await.unwrap();
-        assert!(hasher.verify(&Password::new(&format!("{base}A")), Some(&hash)).await.unwrap());
-        assert!(!hasher.verify(&Password::new(&format!("{base}B")), Some(&hash)).await.unwrap());
+        assert!(hasher
+            .verify(&Password::new(&format!("{base}A")), Some(&hash))
+            .await
+            .unwrap());
+        assert!(!hasher
+            .verify(&Password::new(&format!("{base}B")), Some(&hash))
+            .await
+            .unwrap());
         // bcrypt would see only the first 72 bytes: refuse, never truncate.
-        assert!(!hasher.verify(&Password::new(&format!("{base}AZ")), Some(&hash)).await.unwrap());
+        assert!(!hasher
+            .verify(&Password::new(&format!("{base}AZ")), Some(&hash))
+            .await
+            .unwrap());
     }
 
     #[tokio::test]
     async fn an_unknown_user_never_verifies() {
         let hasher = PasswordHasher::new(4, 1).await.unwrap();
-        assert!(!hasher.verify(&Password::new("anything at all"), None).await.unwrap());
+        assert!(!hasher
+            .verify(&Password::new("anything at all"), None)
+            .await
+            .unwrap());
     }
 
     #[tokio::test]

@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use sea_orm::{ColumnTrait as _, DatabaseConnection, DbErr, EntityTrait as _, QueryFilter as _, QuerySelect as _};
+use sea_orm::{
+    ColumnTrait as _, DatabaseConnection, DbErr, EntityTrait as _, QueryFilter as _,
+    QuerySelect as _,
+};
 
 use super::AuthService;
 use crate::db::entities::auth_token;
@@ -34,7 +37,10 @@ pub async fn run(auth: std::sync::Arc<AuthService>) {
 ///
 /// # Errors
 /// A database error; the batches already deleted stay deleted.
-pub async fn sweep_expired(db: &DatabaseConnection, now: chrono::DateTime<chrono::Utc>) -> Result<u64, DbErr> {
+pub async fn sweep_expired(
+    db: &DatabaseConnection,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<u64, DbErr> {
     let mut total = 0;
     loop {
         let ids: Vec<i64> = auth_token::Entity::find()

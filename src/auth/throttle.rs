@@ -35,7 +35,9 @@ const UNKNOWN_USERNAMES_CAPACITY: u64 = 100_000;
 /// `failures` consecutive failures: none up to 5, then 1 s, 2 s, 4 s, …
 pub fn backoff_after(failures: i32) -> Option<Duration> {
     let beyond = failures.checked_sub(FREE_FAILURES)?;
-    let secs = 1u64.checked_shl(u32::try_from(beyond).ok()?).unwrap_or(u64::MAX);
+    let secs = 1u64
+        .checked_shl(u32::try_from(beyond).ok()?)
+        .unwrap_or(u64::MAX);
     Some(Duration::from_secs(secs).min(MAX_BACKOFF))
 }
 
@@ -133,7 +135,9 @@ impl LoginThrottle {
     pub fn record_unknown_failure(&self, username: &str, now: DateTime<Utc>) {
         let key = username.to_owned();
         let failures = self.inner.unknown.get(&key).map_or(0, |(n, _)| n);
-        self.inner.unknown.insert(key, (failures.saturating_add(1), now));
+        self.inner
+            .unknown
+            .insert(key, (failures.saturating_add(1), now));
     }
 
     /// Drops keys whose budget is full again, bounding memory under a flood
@@ -186,7 +190,8 @@ mod tests {
     #[test]
     fn an_attempt_inside_the_backoff_is_refused_with_the_time_left() {
         let last = Utc::now();
-        let err = check_backoff(7, Some(last), last + chrono::Duration::milliseconds(1500)).unwrap_err();
+        let err =
+            check_backoff(7, Some(last), last + chrono::Duration::milliseconds(1500)).unwrap_err();
         assert_eq!(retry_after(&err), 3);
         assert!(check_backoff(7, Some(last), last + chrono::Duration::seconds(4)).is_ok());
         assert!(check_backoff(4, Some(last), last).is_ok());
@@ -199,10 +204,14 @@ mod tests {
             let ip = Some(IpAddr::from([10, 0, 0, i]));
             assert!(throttle.check(ip, "alice").is_ok());
         }
-        let (limit, err) = throttle.check(Some(IpAddr::from([10, 0, 0, 9])), "alice").unwrap_err();
+        let (limit, err) = throttle
+            .check(Some(IpAddr::from([10, 0, 0, 9])), "alice")
+            .unwrap_err();
         assert_eq!(limit, Limit::Username);
         assert!((1..=20).contains(&retry_after(&err)));
-        assert!(throttle.check(Some(IpAddr::from([10, 0, 0, 9])), "bob").is_ok());
+        assert!(throttle
+            .check(Some(IpAddr::from([10, 0, 0, 9])), "bob")
+            .is_ok());
     }
 
     #[test]
@@ -223,7 +232,9 @@ mod tests {
             throttle.record_unknown_failure("ghost", now);
         }
         assert!(throttle.check_unknown("ghost", now).is_err());
-        assert!(throttle.check_unknown("ghost", now + chrono::Duration::seconds(1)).is_ok());
+        assert!(throttle
+            .check_unknown("ghost", now + chrono::Duration::seconds(1))
+            .is_ok());
         assert!(throttle.check_unknown("someone-else", now).is_ok());
     }
 }

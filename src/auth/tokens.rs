@@ -83,10 +83,12 @@ impl TokenDigest {
     /// Lower-case hex, as stored in `auth_tokens.digest`.
     pub fn to_hex(self) -> String {
         use std::fmt::Write as _;
-        self.0.iter().fold(String::with_capacity(64), |mut out, byte| {
-            let _ = write!(out, "{byte:02x}");
-            out
-        })
+        self.0
+            .iter()
+            .fold(String::with_capacity(64), |mut out, byte| {
+                let _ = write!(out, "{byte:02x}");
+                out
+            })
     }
 }
 
@@ -130,7 +132,11 @@ mod tests {
             let mut bytes = text.clone().into_bytes();
             bytes[position] = if bytes[position] == b'A' { b'B' } else { b'A' };
             let changed = String::from_utf8(bytes).unwrap();
-            assert_eq!(Token::parse(&changed).unwrap_err(), MalformedToken, "at {position}");
+            assert_eq!(
+                Token::parse(&changed).unwrap_err(),
+                MalformedToken,
+                "at {position}"
+            );
         }
     }
 

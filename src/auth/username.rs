@@ -65,7 +65,10 @@ mod tests {
     #[test]
     fn bad_names_report_every_rule() {
         assert_eq!(Username::parse("").unwrap_err(), vec!["EMPTY"]);
-        assert_eq!(Username::parse("a b").unwrap_err(), vec!["INVALID_CHARACTERS"]);
+        assert_eq!(
+            Username::parse("a b").unwrap_err(),
+            vec!["INVALID_CHARACTERS"]
+        );
         assert_eq!(
             Username::parse(&"x;".repeat(80)).unwrap_err(),
             vec!["TOO_LONG", "INVALID_CHARACTERS"]

@@ -92,7 +92,12 @@ impl AuthService {
         let revoked = revocation::revoke_in(&txn, account.id, None).await?;
         txn.commit().await?;
         self.revoker().after_commit(account.id);
-        tracing::info!(event = "password_set", user_id = account.id, revoked, "password set from the command line");
+        tracing::info!(
+            event = "password_set",
+            user_id = account.id,
+            revoked,
+            "password set from the command line"
+        );
         Ok(revoked)
     }
 
@@ -113,7 +118,12 @@ impl AuthService {
         let revoked = revocation::revoke_in(&txn, account.id, None).await?;
         txn.commit().await?;
         self.revoker().after_commit(account.id);
-        tracing::info!(event = "user_deactivated", user_id = account.id, revoked, "user deactivated");
+        tracing::info!(
+            event = "user_deactivated",
+            user_id = account.id,
+            revoked,
+            "user deactivated"
+        );
         Ok(revoked)
     }
 

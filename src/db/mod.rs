@@ -80,6 +80,9 @@ mod tests {
 
     #[test]
     fn a_url_without_credentials_is_unchanged() {
-        assert_eq!(redact_url("sqlite://authql.db?mode=rwc"), "sqlite://authql.db?mode=rwc");
+        assert_eq!(
+            redact_url("sqlite://authql.db?mode=rwc"),
+            "sqlite://authql.db?mode=rwc"
+        );
     }
 }

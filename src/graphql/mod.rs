@@ -30,7 +30,10 @@ pub fn build_schema(introspection: bool) -> AuthqlSchema {
     if introspection {
         builder.finish()
     } else {
-        builder.disable_introspection().disable_suggestions().finish()
+        builder
+            .disable_introspection()
+            .disable_suggestions()
+            .finish()
     }
 }
 

@@ -22,7 +22,12 @@ impl Mutation {
         let request = request(ctx)?;
         let issued = request
             .auth
-            .login(&username, &Password::new(&password), captcha.as_deref(), &request.client)
+            .login(
+                &username,
+                &Password::new(&password),
+                captcha.as_deref(),
+                &request.client,
+            )
             .await?;
         Ok(issued.into())
     }
@@ -46,7 +51,10 @@ impl Mutation {
     async fn logout_others(&self, ctx: &Context<'_>) -> Result<i32, AuthError> {
         let request = request(ctx)?;
         let principal = request.principal().await?;
-        let revoked = request.auth.logout_others(&principal, &request.client).await?;
+        let revoked = request
+            .auth
+            .logout_others(&principal, &request.client)
+            .await?;
         Ok(i32::try_from(revoked).unwrap_or(i32::MAX))
     }
 
@@ -54,7 +62,10 @@ impl Mutation {
     async fn revoke_session(&self, ctx: &Context<'_>, id: ID) -> Result<bool, AuthError> {
         let request = request(ctx)?;
         let principal = request.principal().await?;
-        request.auth.revoke_session(&principal, &id, &request.client).await
+        request
+            .auth
+            .revoke_session(&principal, &id, &request.client)
+            .await
     }
 
     /// Change the password. Every token of the user is revoked and a fresh one is returned.

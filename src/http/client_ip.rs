@@ -20,7 +20,7 @@ pub fn client_ip(req: &Request, trust_forwarded_for: bool) -> Option<IpAddr> {
             .headers()
             .get_all("x-forwarded-for")
             .iter()
-            .last()
+            .next_back()
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.rsplit(',').next())
             .and_then(parse_ip);
@@ -110,16 +110,28 @@ mod tests {
     fn the_last_forwarded_entry_is_the_proxys() {
         let req = request(&[("x-forwarded-for", "6.6.6.6, 203.0.113.7")]);
         assert_eq!(client_ip(&req, true), Some("203.0.113.7".parse().unwrap()));
-        let req = request(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-for", "198.51.100.2")]);
+        let req = request(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "198.51.100.2"),
+        ]);
         assert_eq!(client_ip(&req, true), Some("198.51.100.2".parse().unwrap()));
     }
 
     #[test]
     fn both_schemes_are_accepted_case_insensitively() {
         for header in ["Bearer abc", "bearer abc", "Token abc", "TOKEN  abc "] {
-            assert!(matches!(credential(&request(&[("authorization", header)])), Credential::Token(_)), "{header}");
+            assert!(
+                matches!(
+                    credential(&request(&[("authorization", header)])),
+                    Credential::Token(_)
+                ),
+                "{header}"
+            );
         }
-        assert!(matches!(credential(&request(&[("authorization", "Basic abc")])), Credential::Unsupported));
+        assert!(matches!(
+            credential(&request(&[("authorization", "Basic abc")])),
+            Credential::Unsupported
+        ));
         assert!(matches!(credential(&request(&[])), Credential::Missing));
     }
 

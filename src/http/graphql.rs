@@ -40,29 +40,29 @@ pub async fn post(req: &Request, body: Body, Data(state): Data<&AppState>) -> Re
                 "BODY_TOO_LARGE",
             )
         }
-        Err(_) => return refusal(StatusCode::BAD_REQUEST, "the body could not be read", "MALFORMED_REQUEST"),
-    };
-    let batch: BatchRequest = match serde_json::from_slice(&bytes) {
-        Ok(batch) => batch,
-        // serde's message can quote the body, which may hold a password:
-        // report only where the JSON went wrong.
-        Err(err) => {
+        Err(_) => {
             return refusal(
                 StatusCode::BAD_REQUEST,
-                &format!(
-                    "the body is not a GraphQL request (JSON error at line {}, column {})",
-                    err.line(),
-                    err.column()
-                ),
+                "the body could not be read",
                 "MALFORMED_REQUEST",
             )
         }
+    };
+    let Some(batch) = parse_batch(&bytes) else {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "the body is not a GraphQL request: expected a JSON object with a \"query\" string, or an array of them",
+            "MALFORMED_REQUEST",
+        );
     };
     if let BatchRequest::Batch(requests) = &batch {
         if requests.is_empty() || requests.len() > MAX_BATCH {
             return refusal(
                 StatusCode::BAD_REQUEST,
-                &format!("a batch holds 1 to {MAX_BATCH} operations, not {}", requests.len()),
+                &format!(
+                    "a batch holds 1 to {MAX_BATCH} operations, not {}",
+                    requests.len()
+                ),
                 "BATCH_TOO_LARGE",
             );
         }
@@ -76,6 +76,17 @@ pub async fn post(req: &Request, body: Body, Data(state): Data<&AppState>) -> Re
     GraphQLBatchResponse(response).into_response()
 }
 
+/// An object is one request, an array a batch; anything else is refused.
+/// (Parse errors are not reported in detail: serde's messages can quote the
+/// body, which may hold a password.)
+fn parse_batch(bytes: &[u8]) -> Option<BatchRequest> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace())? {
+        b'{' => serde_json::from_slice(bytes).ok().map(BatchRequest::Single),
+        b'[' => serde_json::from_slice(bytes).ok().map(BatchRequest::Batch),
+        _ => None,
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct GetParams {
@@ -87,7 +98,11 @@ struct GetParams {
 #[handler]
 pub async fn get(req: &Request, Data(state): Data<&AppState>) -> Response {
     let Ok(params) = req.params::<GetParams>() else {
-        return refusal(StatusCode::BAD_REQUEST, "the query string is malformed", "MALFORMED_REQUEST");
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "the query string is malformed",
+            "MALFORMED_REQUEST",
+        );
     };
     let Some(query) = params.query else {
         if accepts_html(req) {
@@ -99,7 +114,11 @@ pub async fn get(req: &Request, Data(state): Data<&AppState>) -> Response {
             )
             .into_response();
         }
-        return refusal(StatusCode::BAD_REQUEST, "GET /graphql needs a ?query= parameter", "MALFORMED_REQUEST");
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "GET /graphql needs a ?query= parameter",
+            "MALFORMED_REQUEST",
+        );
     };
     if selects_mutation(&query, params.operation_name.as_deref()) {
         let mut response = refusal(
@@ -107,14 +126,24 @@ pub async fn get(req: &Request, Data(state): Data<&AppState>) -> Response {
             "mutations are accepted over POST only",
             "METHOD_NOT_ALLOWED",
         );
-        response.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+        response
+            .headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
         return response;
     }
-    let variables = match params.variables.as_deref().map(serde_json::from_str::<Variables>) {
+    let variables = match params
+        .variables
+        .as_deref()
+        .map(serde_json::from_str::<Variables>)
+    {
         None => Variables::default(),
         Some(Ok(variables)) => variables,
         Some(Err(_)) => {
-            return refusal(StatusCode::BAD_REQUEST, "variables must be a JSON object", "MALFORMED_REQUEST")
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                "variables must be a JSON object",
+                "MALFORMED_REQUEST",
+            )
         }
     };
     let mut request = async_graphql::Request::new(query).variables(variables);
@@ -126,7 +155,7 @@ pub async fn get(req: &Request, Data(state): Data<&AppState>) -> Response {
         .execute(request.data(request_context(req, state)))
         .await;
     label_errors(&mut response.errors);
-    GraphQLResponse(response.into()).into_response()
+    GraphQLResponse(response).into_response()
 }
 
 fn request_context(req: &Request, state: &AppState) -> Arc<RequestContext> {

@@ -17,7 +17,10 @@ const REQUEST_ID: &str = "x-request-id";
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Every route, with its middleware.
-pub fn routes(state: AppState, cors_origins: &[String]) -> poem::endpoint::BoxEndpoint<'static, Response> {
+pub fn routes(
+    state: AppState,
+    cors_origins: &[String],
+) -> poem::endpoint::BoxEndpoint<'static, Response> {
     let route = Route::new()
         .at("/graphql", get(graphql::get).post(graphql::post))
         .at("/healthz", get(healthz))
@@ -45,7 +48,10 @@ pub fn routes(state: AppState, cors_origins: &[String]) -> poem::endpoint::BoxEn
 
 /// Gives each request an id (the client's, when well-formed), attaches it
 /// to every log line of the request and echoes it in the response.
-async fn with_request_id<E: Endpoint>(next: std::sync::Arc<E>, req: Request) -> poem::Result<Response> {
+async fn with_request_id<E: Endpoint>(
+    next: std::sync::Arc<E>,
+    req: Request,
+) -> poem::Result<Response> {
     let id = req
         .headers()
         .get(REQUEST_ID)
@@ -61,7 +67,13 @@ async fn with_request_id<E: Endpoint>(next: std::sync::Arc<E>, req: Request) -> 
     };
     let elapsed = started.elapsed();
     crate::metrics::http_latency(route, elapsed);
-    span.in_scope(|| tracing::debug!(status = response.status().as_u16(), elapsed_ms = elapsed.as_millis() as u64, "request finished"));
+    span.in_scope(|| {
+        tracing::debug!(
+            status = response.status().as_u16(),
+            elapsed_ms = elapsed.as_millis() as u64,
+            "request finished"
+        )
+    });
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }

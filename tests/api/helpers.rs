@@ -1,0 +1,311 @@
+//! The test harness: each test starts the real server on a random loopback
+//! port over its own database (a SQLite file in a temporary directory, or a
+//! fresh PostgreSQL database when `TEST_DATABASE_URL` is set) and talks to
+//! it over HTTP, as clients do.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use authql::auth::passwords::Password;
+use authql::auth::AuthService;
+use authql::clock::Clock;
+use authql::config::Settings;
+use authql::startup::App;
+use rand::distributions::{Alphanumeric, DistString as _};
+use sea_orm::{ConnectionTrait as _, Database};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+/// A running server and what a test needs to talk to it.
+pub struct TestApp {
+    /// `http://127.0.0.1:PORT`
+    pub address: String,
+    pub client: reqwest::Client,
+    pub clock: Clock,
+    pub auth: Arc<AuthService>,
+    pub database_url: String,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _storage: Arc<Storage>,
+}
+
+/// A user created for a test, with credentials it can log in with.
+#[derive(Clone, Debug)]
+pub struct TestUser {
+    pub username: String,
+    pub password: String,
+}
+
+/// Where a test's database lives; removed when the last app using it ends.
+pub enum Storage {
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Postgres { admin_url: String, name: String },
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        if let Storage::Postgres { admin_url, name } = self {
+            let (admin_url, name) = (admin_url.clone(), name.clone());
+            // Drop runs inside the test's runtime: use a thread of our own.
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async {
+                    let admin = Database::connect(&admin_url).await?;
+                    admin
+                        .execute_unprepared(&format!(
+                            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                        ))
+                        .await?;
+                    admin.close().await
+                })?;
+                anyhow::Ok(())
+            })
+            .join();
+        }
+    }
+}
+
+/// Settings every test starts from: a random port, cheap bcrypt, and a
+/// login rate high enough to stay out of the way.
+pub fn test_settings() -> Settings {
+    Settings::from_args(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--bcrypt-cost",
+        "4",
+        "--login-rate",
+        "10000/second",
+        "--hash-concurrency",
+        "2",
+        "--password-min-length",
+        "15",
+    ])
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts a server with `configure` applied to the test settings.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    init_logs();
+    let storage = Arc::new(new_storage().await);
+    let database_url = match storage.as_ref() {
+        Storage::Sqlite(dir) => format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("authql.db").display()
+        ),
+        Storage::Postgres { admin_url, name } => database_url_for(admin_url, name),
+    };
+    start(database_url, storage, configure).await
+}
+
+impl TestApp {
+    /// A second server on the same database (another instance).
+    pub async fn spawn_sibling(&self, configure: impl FnOnce(&mut Settings)) -> TestApp {
+        start(self.database_url.clone(), self._storage.clone(), configure).await
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.database_url.starts_with("postgres")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// POSTs a GraphQL request; returns the HTTP status and the JSON body.
+    pub async fn post(&self, body: Value, token: Option<&str>) -> (u16, Value) {
+        let mut request = self.client.post(self.url("/graphql")).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// Runs one operation; returns the JSON body.
+    pub async fn graphql(&self, query: &str, variables: Value, token: Option<&str>) -> Value {
+        let (status, body) = self
+            .post(json!({ "query": query, "variables": variables }), token)
+            .await;
+        assert_eq!(status, 200, "unexpected status for {query}: {body}");
+        body
+    }
+
+    /// Creates an active user with a random name and a strong password.
+    pub async fn create_user(&self) -> TestUser {
+        let user = TestUser {
+            username: format!("user_{}", random_text(10).to_lowercase()),
+            password: format!("{} {} {}", random_text(8), random_text(8), random_text(8)),
+        };
+        self.auth
+            .create_user(
+                &user.username,
+                Some("someone@example.com"),
+                Password::new(&user.password),
+            )
+            .await
+            .expect("user created");
+        user
+    }
+
+    /// The raw `login` answer.
+    pub async fn login_as(&self, username: &str, password: &str) -> Value {
+        self.graphql(
+            "mutation($u: String!, $p: String!) { login(username: $u, password: $p) { token expiresAt user { id username lastLogin } } }",
+            json!({ "u": username, "p": password }),
+            None,
+        )
+        .await
+    }
+
+    /// Logs in and returns the token, failing the test otherwise.
+    pub async fn login(&self, user: &TestUser) -> String {
+        let body = self.login_as(&user.username, &user.password).await;
+        body["data"]["login"]["token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("login failed: {body}"))
+            .to_owned()
+    }
+
+    /// `{ me { id username } }` with `token`.
+    pub async fn me(&self, token: &str) -> Value {
+        self.graphql(
+            "{ me { id username isActive lastLogin } }",
+            json!({}),
+            Some(token),
+        )
+        .await
+    }
+
+    /// Stops the server as SIGTERM would and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("server task")
+                .expect("server stopped cleanly");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+/// The `extensions.code` of the first error.
+pub fn error_code(body: &Value) -> &str {
+    body["errors"][0]["extensions"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("expected an error, got {body}"))
+}
+
+/// The `extensions.reason` of the first error.
+pub fn error_reason(body: &Value) -> &str {
+    body["errors"][0]["extensions"]["reason"]
+        .as_str()
+        .unwrap_or("")
+}
+
+/// The `extensions.reasons` of the first error.
+pub fn error_reasons(body: &Value) -> Vec<String> {
+    body["errors"][0]["extensions"]["reasons"]
+        .as_array()
+        .map(|reasons| {
+            reasons
+                .iter()
+                .filter_map(|r| r.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn random_text(len: usize) -> String {
+    Alphanumeric.sample_string(&mut rand::thread_rng(), len)
+}
+
+async fn start(
+    database_url: String,
+    storage: Arc<Storage>,
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
+    let mut settings = test_settings();
+    settings.database_url = database_url.clone();
+    configure(&mut settings);
+    let clock = Clock::default();
+    let app = App::build_with_clock(settings, clock.clone())
+        .await
+        .expect("app builds");
+    let address = format!("http://{}", app.local_addr());
+    let auth = app.state().auth.clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client builds");
+    TestApp {
+        address,
+        client,
+        clock,
+        auth,
+        database_url,
+        stop: Some(stop),
+        server: Some(server),
+        _storage: storage,
+    }
+}
+
+async fn new_storage() -> Storage {
+    match std::env::var("TEST_DATABASE_URL") {
+        Ok(admin_url) if !admin_url.is_empty() => {
+            let name = format!("authql_test_{}", random_text(12).to_lowercase());
+            let admin = Database::connect(&admin_url)
+                .await
+                .expect("TEST_DATABASE_URL reachable");
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+                .await
+                .expect("test database created");
+            admin.close().await.expect("admin connection closed");
+            Storage::Postgres { admin_url, name }
+        }
+        _ => Storage::Sqlite(tempfile::tempdir().expect("temporary directory")),
+    }
+}
+
+/// `admin_url` with its database name replaced by `name`.
+fn database_url_for(admin_url: &str, name: &str) -> String {
+    let (base, query) = admin_url
+        .split_once('?')
+        .map_or((admin_url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{base}/{name}?{query}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        authql::telemetry::init(authql::config::LogFormat::Text);
+    }
+}
