@@ -4,10 +4,15 @@
 mod helpers;
 
 mod cache;
+mod captcha;
 mod change_password;
 mod cli;
+mod cors;
 mod http;
+mod instances;
 mod login;
+mod observability;
 mod schema;
 mod sessions;
+mod throttle;
 mod tokens;
