@@ -168,6 +168,11 @@ impl TokenCache {
         }
     }
 
+    /// True while the cache is bypassed (see [`set_bypassed`](Self::set_bypassed)).
+    pub fn is_bypassed(&self) -> bool {
+        self.inner.bypassed.load(Ordering::SeqCst)
+    }
+
     fn active(&self) -> Option<&Cache<TokenDigest, Entry>> {
         if self.inner.bypassed.load(Ordering::SeqCst) {
             return None;

@@ -254,6 +254,12 @@ async fn start(
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
+    // On PostgreSQL the cache is bypassed until the instance listens for
+    // revocations; wait for that so cache behaviour is deterministic.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while auth.cache().is_bypassed() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
