@@ -250,10 +250,19 @@ impl AuthService {
         client: &ClientInfo,
     ) -> Result<Issued, AuthError> {
         let name = Username::parse(username).ok();
-        // Throttle by the canonical name, so "Alice" and "ALICE" share a budget.
-        let key = name
-            .as_ref()
-            .map_or_else(|| username.to_lowercase(), |n| n.as_ref().to_owned());
+        // Throttle by the canonical name, so "Alice" and "ALICE" share a
+        // budget; a name that cannot exist is cut to the longest real one, so
+        // a flood of huge names cannot fill memory with huge keys.
+        let key = name.as_ref().map_or_else(
+            || {
+                username
+                    .chars()
+                    .take(username::MAX_LEN)
+                    .collect::<String>()
+                    .to_lowercase()
+            },
+            |n| n.as_ref().to_owned(),
+        );
         if let Err((limit, err)) = self.throttle.check(client.ip, &key) {
             tracing::info!(event = "rate_limited", limit = ?limit, username = %key, ip = %client.ip_text(), "login refused by the rate limit");
             metrics::login("rate_limited");
