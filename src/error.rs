@@ -108,6 +108,7 @@ impl From<anyhow::Error> for AuthError {
 
 impl From<sea_orm::DbErr> for AuthError {
     fn from(err: sea_orm::DbErr) -> Self {
+        crate::metrics::database_error();
         Self::Internal(anyhow::Error::new(err).context("database error"))
     }
 }
@@ -117,7 +118,6 @@ impl From<AuthError> for async_graphql::Error {
         if let AuthError::Internal(cause) = &err {
             // The only place an internal failure is reported in full.
             tracing::error!(error = format!("{cause:#}"), "internal error");
-            crate::metrics::database_error();
         }
         async_graphql::Error::new(err.message()).extend_with(|_, ext| {
             ext.set("code", err.code());
