@@ -13,7 +13,7 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -80,6 +80,9 @@ struct Inner {
     per_username: DefaultKeyedRateLimiter<String>,
     /// Unknown username → (consecutive failures, latest failure).
     unknown: Cache<String, (i32, DateTime<Utc>)>,
+    /// Makes the read-increment-write of `unknown` atomic, so concurrent
+    /// failures are all counted (as the database update does for accounts).
+    unknown_writes: Mutex<()>,
 }
 
 /// Which limit refused an attempt (for logs and metrics).
@@ -100,6 +103,7 @@ impl LoginThrottle {
                     .max_capacity(UNKNOWN_USERNAMES_CAPACITY)
                     .time_to_live(MAX_BACKOFF * 2)
                     .build(),
+                unknown_writes: Mutex::new(()),
             }),
         }
     }
@@ -134,6 +138,11 @@ impl LoginThrottle {
 
     pub fn record_unknown_failure(&self, username: &str, now: DateTime<Utc>) {
         let key = username.to_owned();
+        let _guard = self
+            .inner
+            .unknown_writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let failures = self.inner.unknown.get(&key).map_or(0, |(n, _)| n);
         self.inner
             .unknown
@@ -236,5 +245,22 @@ mod tests {
             .check_unknown("ghost", now + chrono::Duration::seconds(1))
             .is_ok());
         assert!(throttle.check_unknown("someone-else", now).is_ok());
+    }
+
+    #[test]
+    fn concurrent_failures_of_an_unknown_username_are_all_counted() {
+        let throttle = LoginThrottle::new(rate("100/second"));
+        let now = Utc::now();
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..500 {
+                        throttle.record_unknown_failure("ghost", now);
+                    }
+                });
+            }
+        });
+        let counted = throttle.inner.unknown.get(&"ghost".to_owned()).unwrap().0;
+        assert_eq!(counted, 2000);
     }
 }
