@@ -236,8 +236,9 @@ impl AuthService {
     }
 
     /// Exchanges credentials for a new token. Checks run in the spec's
-    /// order: throttle, captcha, then password; a refused attempt costs no
-    /// bcrypt and no call to the captcha service.
+    /// order: throttle (the in-memory limits, then the account backoff),
+    /// captcha, then password; a refused attempt costs no bcrypt and no call
+    /// to the captcha service.
     ///
     /// # Errors
     /// `RateLimited`, a captcha error, `InvalidCredentials` or an internal
@@ -268,7 +269,6 @@ impl AuthService {
             metrics::login("rate_limited");
             return Err(err);
         }
-        self.check_captcha(captcha, client).await?;
 
         let now = self.clock.now();
         let account = match &name {
@@ -291,6 +291,7 @@ impl AuthService {
             metrics::login("rate_limited");
             return Err(err);
         }
+        self.check_captcha(captcha, client).await?;
 
         let active = account.as_ref().filter(|a| a.is_active);
         let verified = self
@@ -361,11 +362,16 @@ impl AuthService {
     /// Counts one failed password check, atomically, so that concurrent
     /// failures on several instances are all counted.
     async fn record_failure(&self, user_id: i64, now: DateTime<Utc>) -> Result<(), AuthError> {
+        // Start again at 1 when the previous failure is forgotten.
+        let forgotten_before = now
+            - chrono::Duration::from_std(throttle::FAILURE_MEMORY).unwrap_or(chrono::Duration::MAX);
+        let next_count = Expr::case(
+            Expr::col(user::Column::LastFailedLogin).lt(forgotten_before),
+            1,
+        )
+        .finally(Expr::col(user::Column::FailedLogins).add(1));
         user::Entity::update_many()
-            .col_expr(
-                user::Column::FailedLogins,
-                Expr::col(user::Column::FailedLogins).add(1),
-            )
+            .col_expr(user::Column::FailedLogins, next_count.into())
             .col_expr(user::Column::LastFailedLogin, Expr::value(now))
             .filter(user::Column::Id.eq(user_id))
             .exec(&self.db)

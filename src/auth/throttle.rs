@@ -28,6 +28,10 @@ use crate::error::AuthError;
 pub const FREE_FAILURES: i32 = 5;
 /// The longest wait the backoff imposes.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+/// How long consecutive failures are remembered after the latest one. Known
+/// accounts (in the database) and unknown usernames (in memory) forget alike,
+/// so the backoff reveals nothing about which usernames exist.
+pub const FAILURE_MEMORY: Duration = Duration::from_secs(24 * 3600);
 /// Unknown usernames whose failures are remembered at once.
 const UNKNOWN_USERNAMES_CAPACITY: u64 = 100_000;
 
@@ -54,12 +58,20 @@ pub fn check_backoff(
     let (Some(wait), Some(last)) = (backoff_after(failures), last_failure) else {
         return Ok(());
     };
+    if is_forgotten(last, now) {
+        return Ok(());
+    }
     let until = last + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
     if now < until {
         let left = (until - now).to_std().unwrap_or_default();
         return Err(rate_limited(left));
     }
     Ok(())
+}
+
+/// True when a failure at `last` is older than [`FAILURE_MEMORY`].
+pub fn is_forgotten(last: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    now - last >= chrono::Duration::from_std(FAILURE_MEMORY).unwrap_or(chrono::Duration::MAX)
 }
 
 fn rate_limited(wait: Duration) -> AuthError {
@@ -101,7 +113,7 @@ impl LoginThrottle {
                 per_username: RateLimiter::keyed(quota),
                 unknown: Cache::builder()
                     .max_capacity(UNKNOWN_USERNAMES_CAPACITY)
-                    .time_to_live(MAX_BACKOFF * 2)
+                    .time_to_live(FAILURE_MEMORY)
                     .build(),
                 unknown_writes: Mutex::new(()),
             }),
@@ -143,7 +155,10 @@ impl LoginThrottle {
             .unknown_writes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let failures = self.inner.unknown.get(&key).map_or(0, |(n, _)| n);
+        let failures = match self.inner.unknown.get(&key) {
+            Some((failures, last)) if !is_forgotten(last, now) => failures,
+            _ => 0,
+        };
         self.inner
             .unknown
             .insert(key, (failures.saturating_add(1), now));
@@ -204,6 +219,22 @@ mod tests {
         assert_eq!(retry_after(&err), 3);
         assert!(check_backoff(7, Some(last), last + chrono::Duration::seconds(4)).is_ok());
         assert!(check_backoff(4, Some(last), last).is_ok());
+    }
+
+    #[test]
+    fn failures_are_forgotten_a_day_after_the_latest() {
+        let last = Utc::now();
+        let a_day_later = last + chrono::Duration::hours(24);
+        assert!(check_backoff(20, Some(last), a_day_later).is_ok());
+        let throttle = LoginThrottle::new(rate("100/second"));
+        for _ in 0..6 {
+            throttle.record_unknown_failure("ghost", last);
+        }
+        throttle.record_unknown_failure("ghost", a_day_later);
+        assert!(
+            throttle.check_unknown("ghost", a_day_later).is_ok(),
+            "counting restarted at 1"
+        );
     }
 
     #[test]
