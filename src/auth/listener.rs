@@ -39,6 +39,11 @@ pub async fn run(database_url: String, cache: TokenCache) {
 
 async fn listen(database_url: &str) -> Result<PgListener, sea_orm::sqlx::Error> {
     let mut listener = PgListener::connect(database_url).await?;
+    // By default a lost connection is re-established inside `try_recv`
+    // before it reports the loss, retrying for up to 30 s while the cache is
+    // still trusted. Report the loss at once instead, so that the cache is
+    // bypassed while this instance is deaf.
+    listener.eager_reconnect(false);
     listener.listen(CHANNEL).await?;
     Ok(listener)
 }

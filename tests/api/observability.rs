@@ -1,1 +1,755 @@
-//! (filled in by a later commit)
+//! What operators see: `/metrics`, the audit log, request ids, and a
+//! graceful shutdown. The log tests run the real binary and read its
+//! stderr.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use authql::auth::cache::Lookup;
+use authql::auth::tokens::Token;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use crate::helpers::{error_code, error_reason, random_text, spawn_app, TestApp};
+
+// ---------------------------------------------------------------- metrics
+
+/// One sample of the exposition.
+#[derive(Debug)]
+pub struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+fn is_metric_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+fn is_label_name(name: &str) -> bool {
+    is_metric_name(name) && !name.contains(':')
+}
+
+fn parse_value(text: &str) -> Option<f64> {
+    match text {
+        "+Inf" => Some(f64::INFINITY),
+        "-Inf" => Some(f64::NEG_INFINITY),
+        "NaN" => Some(f64::NAN),
+        _ => text.parse().ok(),
+    }
+}
+
+/// Parses the Prometheus text format strictly enough to catch a broken
+/// exposition: comments are `# HELP name text` or `# TYPE name type`, every
+/// other non-empty line is `name{label="value",...} value [timestamp]`.
+fn parse_exposition(text: &str) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Some(comment) = line.strip_prefix('#') {
+            let words: Vec<&str> = comment.split_whitespace().collect();
+            match words.as_slice() {
+                ["HELP", name, ..] => assert!(is_metric_name(name), "bad HELP: {line}"),
+                ["TYPE", name, kind] => {
+                    assert!(is_metric_name(name), "bad TYPE: {line}");
+                    assert!(
+                        ["counter", "gauge", "histogram", "summary", "untyped"].contains(kind),
+                        "bad TYPE: {line}"
+                    );
+                }
+                _ => {}
+            }
+            continue;
+        }
+        samples.push(parse_sample(line).unwrap_or_else(|| panic!("malformed sample: {line:?}")));
+    }
+    samples
+}
+
+fn parse_sample(line: &str) -> Option<Sample> {
+    let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+    let name = &line[..name_end];
+    if !is_metric_name(name) {
+        return None;
+    }
+    let mut rest = &line[name_end..];
+    let mut labels = BTreeMap::new();
+    if let Some(inner) = rest.strip_prefix('{') {
+        rest = inner;
+        loop {
+            if let Some(after) = rest.strip_prefix('}') {
+                rest = after;
+                break;
+            }
+            let eq = rest.find('=')?;
+            let label = &rest[..eq];
+            if !is_label_name(label) {
+                return None;
+            }
+            rest = rest[eq + 1..].strip_prefix('"')?;
+            let mut value = String::new();
+            let mut chars = rest.char_indices();
+            let end = loop {
+                match chars.next()? {
+                    (i, '"') => break i,
+                    (_, '\\') => match chars.next()?.1 {
+                        'n' => value.push('\n'),
+                        c @ ('\\' | '"') => value.push(c),
+                        _ => return None,
+                    },
+                    (_, '\n') => return None,
+                    (_, c) => value.push(c),
+                }
+            };
+            labels.insert(label.to_owned(), value);
+            rest = &rest[end + 1..];
+            if let Some(after) = rest.strip_prefix(',') {
+                rest = after;
+            } else if !rest.starts_with('}') {
+                return None;
+            }
+        }
+    }
+    let mut fields = rest.split_whitespace();
+    let value = parse_value(fields.next()?)?;
+    if let Some(timestamp) = fields.next() {
+        timestamp.parse::<i64>().ok()?;
+    }
+    if fields.next().is_some() || !rest.starts_with(' ') {
+        return None;
+    }
+    Some(Sample {
+        name: name.to_owned(),
+        labels,
+        value,
+    })
+}
+
+/// The sum of the samples named `name` that carry every label of `labels`.
+pub fn total(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            labels
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
+pub async fn scrape(app: &TestApp) -> (String, Vec<Sample>) {
+    let response = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics answer");
+    assert_eq!(response.status(), 200);
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    let text = response.text().await.expect("metrics body");
+    let samples = parse_exposition(&text);
+    (text, samples)
+}
+
+/// Resolves `token` until this instance serves it from its cache (on
+/// PostgreSQL the cache is bypassed until the instance is listening).
+async fn cache_token(app: &TestApp, token: &str) {
+    let digest = Token::parse(token).expect("our token").digest();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !matches!(
+        app.auth.cache().get(&digest, app.clock.now()),
+        Lookup::Hit(_)
+    ) {
+        assert!(app.me(token).await["data"]["me"].is_object());
+        assert!(Instant::now() < deadline, "the token was never cached");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// The recorder is process-wide and tests run in parallel: every check
+// compares a value before and after, and asks only for an increase.
+#[tokio::test]
+async fn metrics_move_after_real_requests_and_the_exposition_parses() {
+    let app = spawn_app().await;
+    let user = app.create_user().await;
+    let wrong = format!("wrong {}", random_text(16));
+    let stray_path = format!("/no-such-route-{}", random_text(12));
+    let (_, before) = scrape(&app).await;
+    let metric =
+        |samples: &[Sample], name: &str, labels: &[(&str, &str)]| total(samples, name, labels);
+
+    let body = app.login_as(&user.username, &wrong).await;
+    assert_eq!(error_code(&body), "INVALID_CREDENTIALS");
+    let token = app.login(&user).await;
+    cache_token(&app, &token).await;
+    let (_, warm) = scrape(&app).await;
+    assert!(app.me(&token).await["data"]["me"].is_object());
+    let (_, cached) = scrape(&app).await;
+    app.graphql("mutation { logout }", json!({}), Some(&token))
+        .await;
+    assert_eq!(error_reason(&app.me(&token).await), "INVALID_TOKEN");
+    app.client.get(app.url(&stray_path)).send().await.unwrap();
+    let (text, after) = scrape(&app).await;
+
+    let logins = "authql_logins_total";
+    let resolutions = "authql_token_resolutions_total";
+    let increased = |name: &str, labels: &[(&str, &str)], from: &[Sample], to: &[Sample]| {
+        let (was, is) = (metric(from, name, labels), metric(to, name, labels));
+        assert!(is > was, "{name}{labels:?} did not increase: {was} -> {is}");
+    };
+    increased(
+        logins,
+        &[("outcome", "invalid_credentials")],
+        &before,
+        &after,
+    );
+    increased(logins, &[("outcome", "success")], &before, &after);
+    increased(resolutions, &[("path", "cache")], &warm, &cached);
+    increased(resolutions, &[("path", "database")], &before, &after);
+    increased(
+        resolutions,
+        &[("path", "refused"), ("reason", "INVALID_TOKEN")],
+        &before,
+        &after,
+    );
+    increased(
+        "authql_revocations_total",
+        &[("kind", "logout")],
+        &before,
+        &after,
+    );
+    increased(
+        "authql_operation_duration_seconds_count",
+        &[("operation", "mutation")],
+        &before,
+        &after,
+    );
+    increased(
+        "authql_operation_duration_seconds_count",
+        &[("operation", "query")],
+        &before,
+        &after,
+    );
+    increased(
+        "authql_http_request_duration_seconds_count",
+        &[("route", "graphql")],
+        &before,
+        &after,
+    );
+    assert!(
+        after
+            .iter()
+            .any(|s| s.name == "authql_token_cache_entries" && s.value >= 0.0),
+        "no cache size gauge"
+    );
+    assert!(
+        text.contains("# TYPE authql_logins_total counter"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE authql_operation_duration_seconds histogram"),
+        "{text}"
+    );
+
+    // Label values come from fixed sets: nothing of the request leaks in.
+    for secret in [
+        user.username.as_str(),
+        user.password.as_str(),
+        wrong.as_str(),
+        token.as_str(),
+        &stray_path[1..],
+    ] {
+        assert!(!text.contains(secret), "/metrics contains {secret:?}");
+    }
+}
+
+#[test]
+fn the_exposition_parser_refuses_broken_lines() {
+    assert!(parse_sample(r#"a_total{x="1",y="a \"q\""} 3"#).is_some());
+    assert!(parse_sample("a_bucket{le=\"+Inf\"} 2 1700000000").is_some());
+    assert!(parse_sample("a_total 1e3").is_some());
+    for broken in [
+        "a_total",
+        "a_total{x=\"1\"}",
+        "a_total{x=1} 1",
+        "a_total{x=\"1\" 1",
+        "a_total{x=\"1\"} one",
+        "9lives 1",
+        "a_total 1 2 3",
+    ] {
+        assert!(parse_sample(broken).is_none(), "{broken}");
+    }
+}
+
+// ------------------------------------------------------------- the binary
+
+/// The `authql` binary serving, its stderr captured.
+struct Server {
+    child: Child,
+    address: String,
+    log: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    client: reqwest::Client,
+}
+
+fn authql_command(database_url: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_authql"));
+    command
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "info")
+        .env("AUTHQL_BCRYPT_COST", "4")
+        .env_remove("AUTHQL_LISTEN")
+        .env_remove("AUTHQL_LOG_FORMAT");
+    command
+}
+
+/// A fresh SQLite file holding one user; returns its directory and URL.
+fn database_with_user(username: &str, password: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("authql.db").display()
+    );
+    let mut child = authql_command(&url)
+        .args(["user", "create", username, "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("authql runs");
+    writeln!(child.stdin.take().expect("stdin"), "{password}").expect("password written");
+    let output = child.wait_with_output().expect("user create finishes");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (dir, url)
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+impl Server {
+    /// Starts `authql serve --log-format json` on a free port with `args`,
+    /// and waits until it answers `/healthz`.
+    async fn start(database_url: &str, args: &[&str]) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("client");
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let address = format!("127.0.0.1:{}", free_port());
+            let mut child = authql_command(database_url)
+                .args(["serve", "--listen", &address, "--log-format", "json"])
+                .args(["--login-rate", "1000/second", "--hash-concurrency", "2"])
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("authql serve runs");
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let stderr = child.stderr.take().expect("stderr");
+            let lines = log.clone();
+            let reader = std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            });
+            let mut server = Self {
+                child,
+                address: format!("http://{address}"),
+                log,
+                reader: Some(reader),
+                client: client.clone(),
+            };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Ok(response) = client.get(server.url("/healthz")).send().await {
+                    if response.status() == 200 {
+                        return server;
+                    }
+                }
+                if server.child.try_wait().expect("child status").is_some() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the server did not start: {:?}",
+                    server.log_lines()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // It exited: unless someone took the port meanwhile, that is a
+            // failure.
+            let log = server.finish().await.1;
+            assert!(
+                attempts < 3 && log.iter().any(|l| l.contains("cannot listen")),
+                "the server exited at start: {log:?}"
+            );
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    async fn graphql(&self, query: &str, variables: Value, token: Option<&str>) -> Value {
+        self.graphql_with(query, variables, token, None).await.1
+    }
+
+    /// Posts one operation, with `X-Request-Id` when given; returns the
+    /// response's `X-Request-Id` and body.
+    async fn graphql_with(
+        &self,
+        query: &str,
+        variables: Value,
+        token: Option<&str>,
+        request_id: Option<&str>,
+    ) -> (String, Value) {
+        let mut request = self
+            .client
+            .post(self.url("/graphql"))
+            .header("user-agent", "audit-test/1.0")
+            .json(&json!({ "query": query, "variables": variables }));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(id) = request_id {
+            request = request.header("x-request-id", id);
+        }
+        let response = request.send().await.expect("request sent");
+        assert_eq!(response.status(), 200);
+        let id = response
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (id, response.json().await.expect("JSON body"))
+    }
+
+    fn signal_terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for the process to exit; returns its status and log.
+    async fn finish(&mut self) -> (ExitStatus, Vec<String>) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("child status") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!("the server did not exit: {:?}", self.log_lines());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("log reader");
+        }
+        (status, self.log_lines())
+    }
+
+    /// SIGTERM, then the exit status and the whole log.
+    async fn stop(mut self) -> (ExitStatus, Vec<String>) {
+        self.signal_terminate();
+        self.finish().await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Every log line as JSON: `--log-format json` writes one object a line.
+fn json_lines(log: &[String]) -> Vec<Value> {
+    log.iter()
+        .map(|line| {
+            let value: Value = serde_json::from_str(line)
+                .unwrap_or_else(|_| panic!("not a JSON log line: {line}"));
+            assert!(value.is_object(), "not a JSON object: {line}");
+            value
+        })
+        .collect()
+}
+
+fn events<'a>(lines: &'a [Value], event: &str) -> Vec<&'a Value> {
+    lines.iter().filter(|l| l["event"] == event).collect()
+}
+
+fn strong_password() -> String {
+    format!("{} {} {}", random_text(8), random_text(8), random_text(8))
+}
+
+fn new_username() -> String {
+    format!("audit_{}", random_text(10).to_lowercase())
+}
+
+#[tokio::test]
+async fn the_audit_log_records_each_event_and_no_secret() {
+    let username = new_username();
+    let (password, new_password) = (strong_password(), strong_password());
+    let wrong = format!("wrong {}", random_text(16));
+    let (_dir, url) = database_with_user(&username, &password);
+    let server = Server::start(&url, &[]).await;
+    let login = "mutation($u: String!, $p: String!) { login(username: $u, password: $p) { token user { id } } }";
+
+    let body = server
+        .graphql(login, json!({ "u": username, "p": password }), None)
+        .await;
+    let first = body["data"]["login"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"))
+        .to_owned();
+    let user_id = body["data"]["login"]["user"]["id"]
+        .as_str()
+        .expect("user id")
+        .to_owned();
+    let body = server
+        .graphql(login, json!({ "u": username, "p": wrong }), None)
+        .await;
+    assert_eq!(error_code(&body), "INVALID_CREDENTIALS");
+    let body = server
+        .graphql(
+            "mutation($o: String!, $n: String!) { changePassword(oldPassword: $o, newPassword: $n) { token } }",
+            json!({ "o": password, "n": new_password }),
+            Some(&first),
+        )
+        .await;
+    let second = body["data"]["changePassword"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"))
+        .to_owned();
+    let body = server
+        .graphql("mutation { logout }", json!({}), Some(&second))
+        .await;
+    assert_eq!(body["data"]["logout"], true, "{body}");
+
+    let (status, log) = server.stop().await;
+    assert!(status.success(), "exit status {status}: {log:?}");
+    let lines = json_lines(&log);
+
+    for event in [
+        "login_succeeded",
+        "login_failed",
+        "password_changed",
+        "logout",
+    ] {
+        let found = events(&lines, event);
+        assert_eq!(
+            found.len(),
+            1,
+            "{event} logged {} times: {log:?}",
+            found.len()
+        );
+        let line = found[0];
+        assert_eq!(line["level"], "INFO", "{line}");
+        let names_user = line["user_id"].as_i64().map(|id| id.to_string()) == Some(user_id.clone())
+            || line["user_id"] == user_id.as_str()
+            || line["username"] == username.as_str();
+        assert!(names_user, "{event} does not name the user: {line}");
+        assert_eq!(line["ip"], "127.0.0.1", "{event}: {line}");
+    }
+    for event in ["login_succeeded", "login_failed"] {
+        assert_eq!(
+            events(&lines, event)[0]["user_agent"],
+            "audit-test/1.0",
+            "{event}"
+        );
+    }
+    // One start-up report, without secrets.
+    assert!(
+        lines.iter().any(|l| l["message"] == "authql serving"
+            && l["listen"] == server_address(&log)
+            && l["version"].is_string()),
+        "no start-up report: {log:?}"
+    );
+
+    let whole = log.join("\n");
+    for secret in [&password, &new_password, &wrong, &first, &second] {
+        assert!(
+            !whole.contains(secret.as_str()),
+            "the log contains {secret:?}"
+        );
+    }
+}
+
+/// The `listen` field of the start-up report.
+fn server_address(log: &[String]) -> String {
+    json_lines(log)
+        .iter()
+        .find_map(|l| l["listen"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_and_attached_to_the_log_and_bad_ones_replaced() {
+    let (_dir, url) = database_with_user(&new_username(), &strong_password());
+    let server = Server::start(&url, &[]).await;
+    let login =
+        "mutation($u: String!) { login(username: $u, password: \"not the password\") { token } }";
+
+    // Each request fails a login with its own username, so its
+    // login_failed line can be found.
+    let sent_ids = [
+        Some(format!("req-{}", random_text(20))),
+        Some(format!("bad id {}", random_text(6))),
+        Some("a".repeat(200)),
+        Some("wrong/chars?".to_owned()),
+        None,
+    ];
+    let mut exchanges = Vec::new();
+    for sent in &sent_ids {
+        let ghost = new_username();
+        let (echoed, body) = server
+            .graphql_with(login, json!({ "u": ghost }), None, sent.as_deref())
+            .await;
+        assert_eq!(error_code(&body), "INVALID_CREDENTIALS");
+        exchanges.push((sent.clone(), ghost, echoed));
+    }
+    let (status, log) = server.stop().await;
+    assert!(status.success(), "exit status {status}: {log:?}");
+    let lines = json_lines(&log);
+
+    let mut generated = Vec::new();
+    for (i, (sent, ghost, echoed)) in exchanges.iter().enumerate() {
+        if i == 0 {
+            assert_eq!(Some(echoed), sent.as_ref(), "a good id is echoed");
+        } else {
+            assert_ne!(Some(echoed), sent.as_ref(), "a bad id is replaced");
+            assert!(
+                (8..=128).contains(&echoed.len())
+                    && echoed
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-'),
+                "generated id {echoed:?}"
+            );
+            generated.push(echoed.clone());
+        }
+        let line = lines
+            .iter()
+            .find(|l| l["event"] == "login_failed" && l["username"] == ghost.as_str())
+            .unwrap_or_else(|| panic!("no login_failed for {ghost}: {log:?}"));
+        assert_eq!(
+            line["span"]["request_id"],
+            echoed.as_str(),
+            "the log line carries the request's id: {line}"
+        );
+    }
+    generated.sort();
+    generated.dedup();
+    assert_eq!(generated.len(), 4, "generated ids are distinct");
+    // The bad ids were not written to the log either.
+    let whole = log.join("\n");
+    assert!(!whole.contains(&"a".repeat(200)));
+    assert!(!whole.contains("wrong/chars?"));
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_slow_login_finish_and_exits_zero() {
+    // The user's hash is cost 4; the server runs at cost 12, so a
+    // successful login re-hashes at cost 12 (about a second in a debug
+    // build) before it answers.
+    let username = new_username();
+    let password = strong_password();
+    let (_dir, url) = database_with_user(&username, &password);
+    let server = Server::start(&url, &["--bcrypt-cost", "12"]).await;
+
+    let request = server
+        .client
+        .post(server.url("/graphql"))
+        .json(&json!({
+            "query": "mutation($u: String!, $p: String!) { login(username: $u, password: $p) { token } }",
+            "variables": { "u": username, "p": password },
+        }))
+        .send();
+    let in_flight = tokio::spawn(async move {
+        let response = request.await.expect("the login answered");
+        let status = response.status();
+        (status, response.json::<Value>().await.expect("JSON body"))
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !in_flight.is_finished(),
+        "the login finished before the signal: the test proves nothing"
+    );
+
+    server.signal_terminate();
+    // It stops accepting at once, while the login is still running.
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fresh.get(server.url("/healthz")).send().await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !in_flight.is_finished(),
+        "the login finished before the server stopped accepting: the test proves nothing"
+    );
+    let (status, body) = in_flight.await.expect("login task");
+
+    assert_eq!(status, 200);
+    assert!(
+        body["data"]["login"]["token"].is_string(),
+        "the login in flight was cut: {body}"
+    );
+    let mut server = server;
+    let (exit, log) = server.finish().await;
+    assert!(exit.success(), "exit status {exit}: {log:?}");
+    assert_eq!(exit.code(), Some(0));
+    let lines = json_lines(&log);
+    assert!(
+        lines.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("shutdown signal received"))),
+        "{log:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l["event"] == "login_succeeded"),
+        "{log:?}"
+    );
+}
