@@ -15,6 +15,10 @@ use super::revocation::CHANNEL;
 
 /// Wait between attempts to listen again.
 const RETRY_EVERY: Duration = Duration::from_millis(500);
+/// After this long without a notification the connection is checked, and
+/// a check unanswered for this long counts as a lost connection: a silent
+/// connection keeps the cache trusted for at most twice this.
+const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Runs until the task is aborted.
 pub async fn run(database_url: String, cache: TokenCache) {
@@ -51,7 +55,19 @@ async fn listen(database_url: &str) -> Result<PgListener, sea_orm::sqlx::Error> 
 /// Applies notifications until the connection fails.
 async fn follow(listener: &mut PgListener, cache: &TokenCache) {
     loop {
-        match listener.try_recv().await {
+        let Ok(received) = tokio::time::timeout(HEARTBEAT, listener.try_recv()).await else {
+            // Quiet for a while: make sure the connection still answers. One
+            // that died without a word (a network partition) would
+            // otherwise keep the cache trusted until its entries expire.
+            let ping = sea_orm::sqlx::query("SELECT 1").execute(&mut *listener);
+            match tokio::time::timeout(HEARTBEAT, ping).await {
+                Ok(Ok(_)) => continue,
+                Ok(Err(err)) => tracing::warn!(error = %err, "revocation channel failed"),
+                Err(_) => tracing::warn!("the revocation channel stopped answering"),
+            }
+            return;
+        };
+        match received {
             Ok(Some(notification)) => match notification.payload().parse::<i64>() {
                 Ok(user_id) => cache.revoke_user(user_id),
                 Err(_) => {

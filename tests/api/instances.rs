@@ -450,13 +450,15 @@ async fn readyz_is_503_while_the_database_refuses_connections_and_200_after() {
 }
 
 /// A TCP relay in front of PostgreSQL that the test can cut (every link
-/// closed, new connections refused) and restore: a database that becomes
-/// unreachable from one instance, as in a network partition.
+/// closed, new connections refused), freeze (bytes stop flowing, sockets
+/// stay open: a silent network partition) and restore: a database that
+/// becomes unreachable from one instance.
 struct Relay {
     addr: SocketAddr,
     upstream: String,
     accept: Option<JoinHandle<()>>,
     links: Arc<Mutex<Vec<AbortHandle>>>,
+    frozen: tokio::sync::watch::Sender<bool>,
 }
 
 impl Relay {
@@ -467,6 +469,7 @@ impl Relay {
             upstream,
             accept: None,
             links: Arc::default(),
+            frozen: tokio::sync::watch::Sender::new(false),
         };
         relay.serve(listener);
         relay
@@ -474,17 +477,33 @@ impl Relay {
 
     fn serve(&mut self, listener: TcpListener) {
         let (upstream, links) = (self.upstream.clone(), self.links.clone());
+        let frozen = self.frozen.subscribe();
         self.accept = Some(tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 let upstream = upstream.clone();
+                let mut frozen = frozen.clone();
                 let link = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if !*frozen.borrow() {
+                        if let Ok(mut outbound) = TcpStream::connect(&upstream).await {
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
+                                _ = frozen.wait_for(|frozen| *frozen) => {}
+                            }
+                            // Frozen: hold both sockets open, relay nothing.
+                            std::future::pending::<()>().await;
+                        }
                     }
+                    std::future::pending::<()>().await;
                 });
                 links.lock().unwrap().push(link.abort_handle());
             }
         }));
+    }
+
+    /// Stops relaying without closing anything: connections stay open and
+    /// silent, new ones are accepted and never answered.
+    fn freeze(&self) {
+        self.frozen.send_replace(true);
     }
 
     /// Closes every link and the listening socket: connecting is refused.
@@ -500,7 +519,9 @@ impl Relay {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    /// Relays again (after `cut`).
     async fn restore(&mut self) {
+        self.frozen.send_replace(false);
         let listener = TcpListener::bind(self.addr).await.expect("relay rebinds");
         self.serve(listener);
     }
@@ -593,6 +614,54 @@ async fn an_instance_cut_off_from_the_database_accepts_no_revoked_token_and_reco
     assert_eq!(error_reason(&b.me(&token).await), "INVALID_TOKEN");
     // Listening again: a fresh token is cached and a revocation on A
     // reaches B.
+    let fresh = b.login(&user).await;
+    warm_on(&b, &fresh).await;
+    logout(&a, &fresh).await;
+    assert_eq!(wait_for_refusal(&b, &fresh).await, "INVALID_TOKEN");
+}
+
+#[tokio::test]
+async fn an_instance_whose_database_goes_silent_stops_trusting_its_cache() {
+    let Some((a, _, user)) = pair().await else {
+        return;
+    };
+    let Some((upstream, via)) = split_host(&a.database_url) else {
+        return;
+    };
+    let mut relay = Relay::start(upstream).await;
+    let b = a.spawn_sibling(|s| s.database_url = via(relay.addr)).await;
+    let token = a.login(&user).await;
+    warm_on(&b, &token).await;
+
+    // No FIN, no RST: B's connections just stop answering, so B cannot
+    // tell from its socket that it went deaf.
+    relay.freeze();
+    logout(&a, &token).await;
+
+    // B may serve the token from its cache only while it can vouch for
+    // it: a few seconds at most, not until the entry expires.
+    let frozen_at = Instant::now();
+    let refused = loop {
+        let body = b.me(&token).await;
+        if !body["data"]["me"].is_object() {
+            break body;
+        }
+        assert!(
+            frozen_at.elapsed() < Duration::from_secs(5),
+            "B still trusts its cache {:?} after its database went silent",
+            frozen_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(error_code(&refused), "INTERNAL_SERVER_ERROR", "{refused}");
+
+    relay.cut().await;
+    relay.restore().await;
+    eventually(Duration::from_secs(15), "readyz", || async {
+        readyz(&b).await == 200
+    })
+    .await;
+    assert_eq!(error_reason(&b.me(&token).await), "INVALID_TOKEN");
     let fresh = b.login(&user).await;
     warm_on(&b, &fresh).await;
     logout(&a, &fresh).await;
