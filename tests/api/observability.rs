@@ -356,6 +356,10 @@ impl Server {
     /// Starts `authql serve --log-format json` on a free port with `args`,
     /// and waits until it answers `/healthz`.
     async fn start(database_url: &str, args: &[&str]) -> Self {
+        Self::start_with_format(database_url, "json", args).await
+    }
+
+    async fn start_with_format(database_url: &str, log_format: &str, args: &[&str]) -> Self {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
@@ -365,7 +369,7 @@ impl Server {
             attempts += 1;
             let address = format!("127.0.0.1:{}", free_port());
             let mut child = authql_command(database_url)
-                .args(["serve", "--listen", &address, "--log-format", "json"])
+                .args(["serve", "--listen", &address, "--log-format", log_format])
                 .args(["--login-rate", "1000/second", "--hash-concurrency", "2"])
                 .args(args)
                 .stdin(Stdio::null())
@@ -752,4 +756,26 @@ async fn sigterm_lets_a_slow_login_finish_and_exits_zero() {
         lines.iter().any(|l| l["event"] == "login_succeeded"),
         "{log:?}"
     );
+}
+
+#[tokio::test]
+async fn text_logs_written_to_a_pipe_carry_no_terminal_colour_codes() {
+    let (_dir, url) = database_with_user(&new_username(), &strong_password());
+    let server = Server::start_with_format(&url, "text", &[]).await;
+    let body = server
+        .graphql(
+            "mutation { login(username: \"nobody\", password: \"not the password\") { token } }",
+            json!({}),
+            None,
+        )
+        .await;
+    assert_eq!(error_code(&body), "INVALID_CREDENTIALS");
+    let (status, log) = server.stop().await;
+    assert!(status.success(), "exit status {status}: {log:?}");
+
+    let whole = log.join("\n");
+    assert!(whole.contains("authql serving"), "{whole}");
+    assert!(whole.contains("login_failed"), "{whole}");
+    // Colours are for terminals; in a file or a log shipper they are noise.
+    assert!(!whole.contains('\u{1b}'), "escape codes in {whole:?}");
 }
