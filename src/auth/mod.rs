@@ -19,7 +19,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, DatabaseConnection,
+    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, ConnectionTrait, DatabaseConnection,
     EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _, TransactionTrait as _,
 };
 
@@ -35,6 +35,9 @@ use revocation::Revoker;
 use throttle::LoginThrottle;
 use tokens::{Token, TokenDigest};
 use username::Username;
+
+/// Compare-and-set rounds before an attempt under heavy contention gives up.
+const RESERVE_ATTEMPTS: usize = 5;
 
 /// Longest user agent stored with a session.
 const MAX_USER_AGENT_CHARS: usize = 512;
@@ -265,7 +268,7 @@ impl AuthService {
             |n| n.as_ref().to_owned(),
         );
         if let Err((limit, err)) = self.throttle.check(client.ip, &key) {
-            tracing::info!(event = "rate_limited", limit = ?limit, username = %key, ip = %client.ip_text(), "login refused by the rate limit");
+            tracing::info!(event = "rate_limited", limit = ?limit, username = %key.escape_debug(), ip = %client.ip_text(), "login refused by the rate limit");
             metrics::login("rate_limited");
             return Err(err);
         }
@@ -287,23 +290,38 @@ impl AuthService {
             None => self.throttle.check_unknown(&key, now),
         };
         if let Err(err) = backoff {
-            tracing::info!(event = "rate_limited", limit = "account_backoff", username = %key, ip = %client.ip_text(), "login refused by the account backoff");
+            tracing::info!(event = "rate_limited", limit = "account_backoff", username = %key.escape_debug(), ip = %client.ip_text(), "login refused by the account backoff");
             metrics::login("rate_limited");
             return Err(err);
         }
         self.check_captcha(captcha, client).await?;
+        let counted = match &account {
+            Some(account) => self.begin_attempt(account, now).await,
+            None => self.throttle.begin_unknown(&key, now),
+        };
+        let counted = match counted {
+            Ok(counted) => counted,
+            Err(err) => {
+                tracing::info!(event = "rate_limited", limit = "account_backoff", username = %key.escape_debug(), ip = %client.ip_text(), "login refused by the account backoff");
+                metrics::login("rate_limited");
+                return Err(err);
+            }
+        };
 
         let active = account.as_ref().filter(|a| a.is_active);
         let verified = self
             .hasher
             .verify(password, active.map(|a| a.password_hash.as_str()))
-            .await?;
+            .await
+            .map_err(hashing_error)?;
         let Some(account) = active.filter(|_| verified) else {
-            match &account {
-                Some(account) => self.record_failure(account.id, now).await?,
-                None => self.throttle.record_unknown_failure(&key, now),
+            if !counted {
+                match &account {
+                    Some(account) => self.record_failure(account.id, now).await?,
+                    None => self.throttle.record_unknown_failure(&key, now),
+                }
             }
-            tracing::info!(event = "login_failed", username = %key, ip = %client.ip_text(), user_agent = client.user_agent.as_deref().unwrap_or("-"), "login failed");
+            tracing::info!(event = "login_failed", username = %key.escape_debug(), ip = %client.ip_text(), user_agent = %client.user_agent.as_deref().unwrap_or("-").escape_debug(), "login failed");
             metrics::login("invalid_credentials");
             return Err(AuthError::InvalidCredentials);
         };
@@ -311,25 +329,56 @@ impl AuthService {
         let new_hash = self
             .hasher
             .rehash_if_needed(password, &account.password_hash)
-            .await?;
-        let mut update = user::ActiveModel {
-            id: Set(account.id),
-            last_login: Set(Some(now)),
-            failed_logins: Set(0),
-            last_failed_login: Set(None),
-            ..Default::default()
-        };
-        if let Some(hash) = new_hash {
-            update.password_hash = Set(hash);
+            .await
+            .map_err(hashing_error)?;
+        let issued = self.complete_login(account, new_hash, client, now).await?;
+        tracing::info!(event = "login_succeeded", user_id = issued.user.id, ip = %client.ip_text(), user_agent = %client.user_agent.as_deref().unwrap_or("-").escape_debug(), "login succeeded");
+        metrics::login("success");
+        Ok(issued)
+    }
+
+    /// Records the success and stores the session in one transaction, on the
+    /// condition that the password hash is still the one just verified: a
+    /// login racing a password change cannot keep a session past it.
+    async fn complete_login(
+        &self,
+        account: &user::Model,
+        new_hash: Option<String>,
+        client: &ClientInfo,
+        now: DateTime<Utc>,
+    ) -> Result<Issued, AuthError> {
+        let mut success = user::Entity::update_many()
+            .col_expr(user::Column::LastLogin, Expr::value(now))
+            .col_expr(user::Column::FailedLogins, Expr::value(0))
+            .col_expr(
+                user::Column::LastFailedLogin,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .filter(user::Column::Id.eq(account.id))
+            .filter(user::Column::IsActive.eq(true))
+            .filter(user::Column::PasswordHash.eq(account.password_hash.as_str()));
+        if let Some(hash) = &new_hash {
+            success = success.col_expr(user::Column::PasswordHash, Expr::value(hash.as_str()));
             tracing::info!(
                 user_id = account.id,
                 "password re-hashed at the configured bcrypt cost"
             );
         }
-        let account = update.update(&self.db).await?;
-        let issued = self.issue(&account, client, now).await?;
-        tracing::info!(event = "login_succeeded", user_id = account.id, ip = %client.ip_text(), user_agent = client.user_agent.as_deref().unwrap_or("-"), "login succeeded");
-        metrics::login("success");
+        let txn = self.db.begin().await?;
+        if success.exec(&txn).await?.rows_affected == 0 {
+            // The password changed or the user was deactivated meanwhile.
+            return Err(AuthError::InvalidCredentials);
+        }
+        let signed_in = user::Model {
+            last_login: Some(now),
+            failed_logins: 0,
+            last_failed_login: None,
+            password_hash: new_hash.unwrap_or_else(|| account.password_hash.clone()),
+            ..account.clone()
+        };
+        let issued = self.issue(&txn, &signed_in, client, now).await?;
+        txn.commit().await?;
+        self.enforce_session_cap(account.id).await?;
         Ok(issued)
     }
 
@@ -359,10 +408,52 @@ impl AuthService {
         }
     }
 
+    /// Starts a password check on `account`: refuses it while the backoff
+    /// runs; once the account is in backoff, counts it as a failure before
+    /// the check, with a compare-and-set on the count so that concurrent
+    /// attempts on any number of instances cannot all pass one backoff check
+    /// (a success resets the count). Returns whether it was counted.
+    async fn begin_attempt(
+        &self,
+        account: &user::Model,
+        now: DateTime<Utc>,
+    ) -> Result<bool, AuthError> {
+        let (mut failures, mut last) = (account.failed_logins, account.last_failed_login);
+        for _ in 0..RESERVE_ATTEMPTS {
+            throttle::check_backoff(failures, last, now)?;
+            let effective = throttle::effective_failures(failures, last, now);
+            if effective < throttle::FREE_FAILURES {
+                return Ok(false);
+            }
+            let reserved = user::Entity::update_many()
+                .col_expr(
+                    user::Column::FailedLogins,
+                    Expr::value(effective.saturating_add(1)),
+                )
+                .col_expr(user::Column::LastFailedLogin, Expr::value(now))
+                .filter(user::Column::Id.eq(account.id))
+                .filter(user::Column::FailedLogins.eq(failures))
+                .exec(&self.db)
+                .await?
+                .rows_affected
+                == 1;
+            if reserved {
+                return Ok(true);
+            }
+            // Another attempt counted first: look again.
+            let fresh = user::Entity::find_by_id(account.id)
+                .one(&self.db)
+                .await?
+                .ok_or(AuthError::InvalidCredentials)?;
+            (failures, last) = (fresh.failed_logins, fresh.last_failed_login);
+        }
+        Err(AuthError::RateLimited { retry_after: 1 })
+    }
+
     /// Counts one failed password check, atomically, so that concurrent
-    /// failures on several instances are all counted.
+    /// failures on several instances are all counted (starting again at 1
+    /// when the previous failure is forgotten).
     async fn record_failure(&self, user_id: i64, now: DateTime<Utc>) -> Result<(), AuthError> {
-        // Start again at 1 when the previous failure is forgotten.
         let forgotten_before = now
             - chrono::Duration::from_std(throttle::FAILURE_MEMORY).unwrap_or(chrono::Duration::MAX);
         let next_count = Expr::case(
@@ -379,10 +470,25 @@ impl AuthService {
         Ok(())
     }
 
+    /// Resets the failure count after a right password.
+    async fn reset_failures(&self, user_id: i64) -> Result<(), AuthError> {
+        user::Entity::update_many()
+            .col_expr(user::Column::FailedLogins, Expr::value(0))
+            .col_expr(
+                user::Column::LastFailedLogin,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .filter(user::Column::Id.eq(user_id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
     /// Stores a new session and, with a session cap, revokes the oldest
     /// sessions beyond it (never refusing the login).
-    async fn issue(
+    async fn issue<C: ConnectionTrait>(
         &self,
+        conn: &C,
         account: &user::Model,
         client: &ClientInfo,
         now: DateTime<Utc>,
@@ -402,11 +508,8 @@ impl AuthService {
             ip: Set(client.ip.map(|ip| ip.to_string())),
             ..Default::default()
         }
-        .insert(&self.db)
+        .insert(conn)
         .await?;
-        if self.max_sessions_per_user > 0 {
-            self.enforce_session_cap(account.id).await?;
-        }
         Ok(Issued {
             token,
             expires_at,
@@ -415,6 +518,9 @@ impl AuthService {
     }
 
     async fn enforce_session_cap(&self, user_id: i64) -> Result<(), AuthError> {
+        if self.max_sessions_per_user == 0 {
+            return Ok(());
+        }
         // A user has few sessions: read their ids and skip the newest in Rust
         // (SQLite has no OFFSET without LIMIT).
         let newest_first: Vec<i64> = auth_token::Entity::find()
@@ -568,36 +674,64 @@ impl AuthService {
             .await?
             .filter(|a| a.is_active)
             .ok_or_else(invalid_token)?;
-        throttle::check_backoff(account.failed_logins, account.last_failed_login, now)?;
+        // The same limits as login: a stolen token must not be an
+        // unthrottled password oracle.
+        if let Err((limit, err)) = self.throttle.check(client.ip, &account.username) {
+            tracing::info!(event = "rate_limited", limit = ?limit, user_id = account.id, ip = %client.ip_text(), "password change refused by the rate limit");
+            return Err(err);
+        }
+        let counted = self.begin_attempt(&account, now).await?;
         if !self
             .hasher
             .verify(old, Some(&account.password_hash))
-            .await?
+            .await
+            .map_err(hashing_error)?
         {
-            self.record_failure(account.id, now).await?;
+            if !counted {
+                self.record_failure(account.id, now).await?;
+            }
             tracing::info!(event = "password_change_failed", user_id = account.id, ip = %client.ip_text(), "wrong current password");
             return Err(AuthError::InvalidCredentials);
         }
-        let new = self.check_policy(new, &account.username, Some(old))?;
-        let hash = self.hasher.hash(&new).await?;
+        let new = match self.check_policy(new, &account.username, Some(old)) {
+            Ok(new) => new,
+            Err(refused) => {
+                // The current password was right: that resets the count.
+                self.reset_failures(account.id).await?;
+                return Err(refused);
+            }
+        };
+        let hash = self.hasher.hash(&new).await.map_err(hashing_error)?;
 
         let txn = self.db.begin().await?;
-        let account = user::ActiveModel {
-            id: Set(account.id),
-            password_hash: Set(hash),
-            failed_logins: Set(0),
-            last_failed_login: Set(None),
-            ..Default::default()
+        let changed = user::Entity::update_many()
+            .col_expr(user::Column::PasswordHash, Expr::value(hash.as_str()))
+            .col_expr(user::Column::FailedLogins, Expr::value(0))
+            .col_expr(
+                user::Column::LastFailedLogin,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .filter(user::Column::Id.eq(account.id))
+            .filter(user::Column::PasswordHash.eq(account.password_hash.as_str()))
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        if changed == 0 {
+            // Another change won the race; this one's old password is stale.
+            return Err(AuthError::InvalidCredentials);
         }
-        .update(&txn)
-        .await?;
         let revoked = revocation::revoke_in(&txn, account.id, None).await?;
+        let account = user::Model {
+            password_hash: hash,
+            failed_logins: 0,
+            last_failed_login: None,
+            ..account
+        };
+        let issued = self.issue(&txn, &account, client, now).await?;
         txn.commit().await?;
         self.revoker.after_commit(account.id);
         metrics::revoked("change_password", revoked);
-
-        let issued = self.issue(&account, client, now).await?;
-        tracing::info!(event = "password_changed", user_id = account.id, revoked, ip = %client.ip_text(), user_agent = client.user_agent.as_deref().unwrap_or("-"), "password changed");
+        tracing::info!(event = "password_changed", user_id = account.id, revoked, ip = %client.ip_text(), user_agent = %client.user_agent.as_deref().unwrap_or("-").escape_debug(), "password changed");
         Ok(issued)
     }
 
@@ -627,6 +761,15 @@ impl AuthService {
 
     pub fn revoker(&self) -> &Revoker {
         &self.revoker
+    }
+}
+
+/// A full hashing queue is an overload: ask the client to retry shortly.
+fn hashing_error(err: anyhow::Error) -> AuthError {
+    if err.is::<passwords::HasherBusy>() {
+        AuthError::RateLimited { retry_after: 1 }
+    } else {
+        AuthError::Internal(err)
     }
 }
 

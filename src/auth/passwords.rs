@@ -18,6 +18,22 @@ use crate::telemetry::spawn_blocking_with_span;
 /// password reach bcrypt, so nothing is ever silently truncated.
 pub const MAX_PASSWORD_BYTES: usize = 72;
 
+/// How long a hash waits for a free slot before the request is refused as an
+/// overload, so a flood cannot queue work without bound.
+const HASH_QUEUE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Every hashing slot stayed busy for [`HASH_QUEUE_TIMEOUT`].
+#[derive(Debug)]
+pub struct HasherBusy;
+
+impl std::fmt::Display for HasherBusy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("every bcrypt slot is busy")
+    }
+}
+
+impl std::error::Error for HasherBusy {}
+
 /// A password as typed, NFC-normalised so that the same characters typed on
 /// two keyboards are the same password. Redacted in `Debug`; no `Display`.
 #[derive(Clone, Debug)]
@@ -237,11 +253,9 @@ impl PasswordHasher {
     ) -> anyhow::Result<T> {
         // The permit moves into the blocking task: if the request is dropped
         // mid-hash, the slot stays taken until the hash really ends.
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
+        let permit = tokio::time::timeout(HASH_QUEUE_TIMEOUT, self.permits.clone().acquire_owned())
             .await
+            .map_err(|_| HasherBusy)?
             .context("hash semaphore closed")?;
         spawn_blocking_with_span(move || {
             let _permit = permit;

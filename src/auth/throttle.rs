@@ -10,6 +10,13 @@
 //! last after the latest failure. Known accounts keep their count in the
 //! `users` row (shared by every instance); unknown usernames keep theirs
 //! here, so the backoff does not reveal which usernames exist.
+//!
+//! Once an account is in backoff, an attempt is counted as a failure before
+//! its password is checked, in the same atomic step as the backoff check, so
+//! concurrent attempts cannot all pass one check (a success resets the
+//! count). Before that, attempts run concurrently and each failure is counted
+//! when it happens: several right logins at once must all succeed, and the
+//! per-username limit of layer one bounds how many guesses can be in flight.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -67,6 +74,14 @@ pub fn check_backoff(
         return Err(rate_limited(left));
     }
     Ok(())
+}
+
+/// The failures that still count: none once the latest is forgotten.
+pub fn effective_failures(failures: i32, last: Option<DateTime<Utc>>, now: DateTime<Utc>) -> i32 {
+    match last {
+        Some(last) if is_forgotten(last, now) => 0,
+        _ => failures,
+    }
 }
 
 /// True when a failure at `last` is older than [`FAILURE_MEMORY`].
@@ -148,20 +163,50 @@ impl LoginThrottle {
         }
     }
 
-    pub fn record_unknown_failure(&self, username: &str, now: DateTime<Utc>) {
+    /// Starts an attempt on an unknown username; see [`begin_attempt`].
+    /// Returns whether the attempt was already counted as a failure.
+    ///
+    /// # Errors
+    /// `RateLimited` while the backoff runs.
+    pub fn begin_unknown(&self, username: &str, now: DateTime<Utc>) -> Result<bool, AuthError> {
         let key = username.to_owned();
-        let _guard = self
+        let _guard = self.lock_unknown();
+        let (failures, last) = self
             .inner
-            .unknown_writes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let failures = match self.inner.unknown.get(&key) {
-            Some((failures, last)) if !is_forgotten(last, now) => failures,
-            _ => 0,
-        };
+            .unknown
+            .get(&key)
+            .map_or((0, None), |(n, t)| (n, Some(t)));
+        check_backoff(failures, last, now)?;
+        let failures = effective_failures(failures, last, now);
+        if failures < FREE_FAILURES {
+            return Ok(false);
+        }
         self.inner
             .unknown
             .insert(key, (failures.saturating_add(1), now));
+        Ok(true)
+    }
+
+    /// Counts a failed (dummy) password check of an unknown username.
+    pub fn record_unknown_failure(&self, username: &str, now: DateTime<Utc>) {
+        let key = username.to_owned();
+        let _guard = self.lock_unknown();
+        let (failures, last) = self
+            .inner
+            .unknown
+            .get(&key)
+            .map_or((0, None), |(n, t)| (n, Some(t)));
+        let failures = effective_failures(failures, last, now);
+        self.inner
+            .unknown
+            .insert(key, (failures.saturating_add(1), now));
+    }
+
+    fn lock_unknown(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.inner
+            .unknown_writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Drops keys whose budget is full again, bounding memory under a flood
@@ -268,14 +313,41 @@ mod tests {
         let throttle = LoginThrottle::new(rate("100/second"));
         let now = Utc::now();
         for _ in 0..5 {
-            assert!(throttle.check_unknown("ghost", now).is_ok());
+            assert_eq!(throttle.begin_unknown("ghost", now).ok(), Some(false));
             throttle.record_unknown_failure("ghost", now);
         }
         assert!(throttle.check_unknown("ghost", now).is_err());
-        assert!(throttle
-            .check_unknown("ghost", now + chrono::Duration::seconds(1))
-            .is_ok());
+        assert!(throttle.begin_unknown("ghost", now).is_err());
+        let later = now + chrono::Duration::seconds(1);
+        assert!(throttle.check_unknown("ghost", later).is_ok());
         assert!(throttle.check_unknown("someone-else", now).is_ok());
+    }
+
+    #[test]
+    fn in_backoff_concurrent_attempts_cannot_pass_one_check_together() {
+        let throttle = LoginThrottle::new(rate("100/second"));
+        let start = Utc::now();
+        for _ in 0..5 {
+            throttle.record_unknown_failure("ghost", start);
+        }
+        let now = start + chrono::Duration::seconds(1);
+        let passed = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..500 {
+                        if matches!(throttle.begin_unknown("ghost", now), Ok(true)) {
+                            passed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(passed.into_inner(), 1);
+        assert_eq!(
+            throttle.inner.unknown.get(&"ghost".to_owned()).unwrap().0,
+            6
+        );
     }
 
     #[test]
@@ -291,7 +363,9 @@ mod tests {
                 });
             }
         });
-        let counted = throttle.inner.unknown.get(&"ghost".to_owned()).unwrap().0;
-        assert_eq!(counted, 2000);
+        assert_eq!(
+            throttle.inner.unknown.get(&"ghost".to_owned()).unwrap().0,
+            2000
+        );
     }
 }

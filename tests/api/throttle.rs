@@ -500,3 +500,59 @@ async fn an_attempt_refused_by_the_account_backoff_costs_no_captcha_call() {
         "the spec: a refused request never costs a captcha call"
     );
 }
+
+#[tokio::test]
+async fn in_backoff_concurrent_guesses_get_one_password_check_per_wait() {
+    let app = Arc::new(spawn_app().await);
+    let user = app.create_user().await;
+    let token = app.login(&user).await;
+    fail_five_times(&app, &user.username).await;
+    app.clock.advance(Duration::from_secs(1));
+
+    // Twenty guesses at once, half through login, half through changePassword
+    // with a stolen token: the backoff allows one attempt now, not twenty.
+    let guesses = (0..20).map(|i| {
+        let (app, user, token) = (app.clone(), user.clone(), token.clone());
+        tokio::spawn(async move {
+            if i % 2 == 0 {
+                app.login_as(&user.username, WRONG).await
+            } else {
+                app.graphql(
+                    "mutation($o: String!) { changePassword(oldPassword: $o, newPassword: \"a fresh long passphrase\") { token } }",
+                    json!({ "o": WRONG }),
+                    Some(&token),
+                )
+                .await
+            }
+        })
+    });
+    let mut checked = 0;
+    for guess in guesses.collect::<Vec<_>>() {
+        let body = guess.await.unwrap();
+        match error_code(&body) {
+            "INVALID_CREDENTIALS" => checked += 1,
+            "RATE_LIMITED" => {}
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(checked, 1, "guesses that reached bcrypt");
+    assert_eq!(failed_logins(&app, &user.username).await, 6);
+}
+
+#[tokio::test]
+async fn change_password_is_rate_limited_like_login() {
+    let app = app_with_rate("2/minute", false).await;
+    let user = app.create_user().await;
+    let token = app.login(&user).await;
+    let change = "mutation($o: String!) { changePassword(oldPassword: $o, newPassword: \"a fresh long passphrase\") { token } }";
+
+    // The login used one of the username's two attempts.
+    let body = app
+        .graphql(change, json!({ "o": WRONG }), Some(&token))
+        .await;
+    assert_eq!(error_code(&body), "INVALID_CREDENTIALS");
+    let body = app
+        .graphql(change, json!({ "o": WRONG }), Some(&token))
+        .await;
+    assert!(retry_after(&body) >= 1);
+}
