@@ -10,8 +10,8 @@
 //! request reads a row just before it is deleted and caches it just after.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use mini_moka::sync::Cache;
@@ -52,7 +52,19 @@ struct Inner {
     /// While set, the cache is bypassed: on PostgreSQL, when this instance
     /// is not listening for other instances' revocations.
     bypassed: AtomicBool,
+    /// Serialises writers of `revoked` (revocations are rare; reads never
+    /// take it).
+    revoking: Mutex<()>,
     ttl: chrono::Duration,
+    ttl_std: Duration,
+}
+
+/// Where a database read for the cache started: the counter's value and
+/// the time.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadTicket {
+    generation: u64,
+    started: Instant,
 }
 
 impl TokenCache {
@@ -75,6 +87,8 @@ impl TokenCache {
                 counter: AtomicU64::new(1),
                 floor: AtomicU64::new(0),
                 bypassed: AtomicBool::new(false),
+                revoking: Mutex::new(()),
+                ttl_std: ttl,
                 ttl: chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX),
             }),
         }
@@ -84,10 +98,13 @@ impl TokenCache {
         self.inner.entries.is_some()
     }
 
-    /// Call before reading the database for a token; pass the value to
+    /// Call before reading the database for a token; pass the ticket to
     /// [`insert`](Self::insert).
-    pub fn generation(&self) -> u64 {
-        self.inner.counter.load(Ordering::SeqCst)
+    pub fn generation(&self) -> ReadTicket {
+        ReadTicket {
+            generation: self.inner.counter.load(Ordering::SeqCst),
+            started: Instant::now(),
+        }
     }
 
     pub fn get(&self, digest: &TokenDigest, now: DateTime<Utc>) -> Lookup {
@@ -116,9 +133,15 @@ impl TokenCache {
         &self,
         digest: TokenDigest,
         principal: Principal,
-        generation: u64,
+        ticket: ReadTicket,
         now: DateTime<Utc>,
     ) {
+        // A revocation mark outlives an entry only if the entry is inserted
+        // within `ttl` of its read; a slower read is not cached.
+        if ticket.started.elapsed() >= self.inner.ttl_std {
+            return;
+        }
+        let generation = ticket.generation;
         if let Some(entries) = self.active() {
             let fresh_until = principal.expires_at.min(now + self.inner.ttl);
             entries.insert(
@@ -142,8 +165,16 @@ impl TokenCache {
     /// Vetoes every entry of `user_id` read before now. Call after the
     /// database change has committed.
     pub fn revoke_user(&self, user_id: i64) {
+        // Two revocations of one user may race: keep the larger mark, or an
+        // entry read between them would survive the later one.
+        let _guard = self
+            .inner
+            .revoking
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mark = self.inner.counter.fetch_add(1, Ordering::SeqCst) + 1;
-        self.inner.revoked.insert(user_id, mark);
+        let kept = self.inner.revoked.get(&user_id).unwrap_or(0);
+        self.inner.revoked.insert(user_id, mark.max(kept));
     }
 
     /// Forgets everything, including entries being loaded right now, e.g.
@@ -327,6 +358,22 @@ mod tests {
             now,
         );
         cache.set_bypassed(false);
+        assert!(!hit(cache.get(&digest, now)));
+    }
+
+    #[test]
+    fn a_read_slower_than_cache_ttl_is_not_cached() {
+        let cache = TokenCache::new(10, Duration::from_millis(5));
+        let now = Utc::now();
+        let digest = Token::generate().digest();
+        let ticket = cache.generation();
+        std::thread::sleep(Duration::from_millis(10));
+        cache.insert(
+            digest,
+            principal(1, now + chrono::Duration::hours(1)),
+            ticket,
+            now,
+        );
         assert!(!hit(cache.get(&digest, now)));
     }
 

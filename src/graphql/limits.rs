@@ -40,7 +40,16 @@ impl Extension for PerRequest {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
-        let document = next.run(ctx, query, variables).await?;
+        // The parser's message quotes the offending source line, which may
+        // hold a password typed into the document: report only where.
+        let document = next.run(ctx, query, variables).await.map_err(|mut err| {
+            err.message = match err.locations.first() {
+                Some(at) => format!("syntax error at line {}, column {}", at.line, at.column),
+                None => "syntax error".to_owned(),
+            };
+            err.extensions = Some(limit_extensions("GRAPHQL_PARSE_FAILED"));
+            err
+        })?;
         let aliases = count_aliases(&document);
         if aliases > MAX_ALIASES {
             let mut err = ServerError::new(

@@ -300,3 +300,23 @@ async fn a_stopped_server_stops_accepting_and_exits_cleanly() {
         "still accepting after shutdown"
     );
 }
+
+#[tokio::test]
+async fn a_syntax_error_does_not_quote_the_document() {
+    let app = spawn_app().await;
+    let secret = "hunter2-typed-inline";
+    let body = app
+        .graphql(
+            &format!("mutation {{ login(username: \"a\", password: \"{secret}\" {{ token }} }}"),
+            json!({}),
+            None,
+        )
+        .await;
+    assert_eq!(error_code(&body), "BAD_USER_INPUT");
+    assert_eq!(error_reasons(&body), ["GRAPHQL_PARSE_FAILED"]);
+    assert!(body["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("syntax error at line 1"));
+    assert!(!body.to_string().contains(secret), "{body}");
+}
