@@ -83,9 +83,21 @@ async fn manage_user(settings: &Settings, command: UserCommand) -> anyhow::Resul
         UserCommand::Deactivate { username } => {
             let revoked = auth.deactivate(&username).await.map_err(explain)?;
             eprintln!("user deactivated; {revoked} session(s) revoked");
+            warn_about_sqlite_caches(settings);
         }
     }
     Ok(())
+}
+
+/// On SQLite a running server hears nothing from this process.
+fn warn_about_sqlite_caches(settings: &Settings) {
+    if settings.database_url.starts_with("sqlite:") {
+        eprintln!(
+            "note: a server already running on this SQLite database may accept the revoked tokens \
+             from its cache for up to --cache-ttl ({} s); PostgreSQL instances are told at once",
+            settings.cache_ttl.as_secs()
+        );
+    }
 }
 
 /// The password from the first line of stdin, or typed twice at a prompt

@@ -18,6 +18,8 @@ use crate::config::Settings;
 use crate::state::AppState;
 use crate::{db, graphql, http, metrics};
 
+/// A connection with no activity for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait for requests in flight once shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -100,6 +102,7 @@ impl App {
         }
         let app = http::routes(self.state, &self.settings.cors_origins);
         let served = Server::new_with_acceptor(self.acceptor)
+            .idle_timeout(IDLE_TIMEOUT)
             .run_with_graceful_shutdown(app, shutdown, Some(SHUTDOWN_GRACE))
             .await;
         for task in background {

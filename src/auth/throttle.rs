@@ -141,7 +141,7 @@ impl LoginThrottle {
     /// The limit hit, with the time until the next attempt is allowed.
     pub fn check(&self, ip: Option<IpAddr>, username: &str) -> Result<(), (Limit, AuthError)> {
         let now = DefaultClock::default().now();
-        if let Some(ip) = ip {
+        if let Some(ip) = ip.map(network_of) {
             if let Err(not_until) = self.inner.per_ip.check_key(&ip) {
                 return Err((Limit::Ip, rate_limited(not_until.wait_time_from(now))));
             }
@@ -221,6 +221,18 @@ impl LoginThrottle {
     /// Keys held by the in-memory limiters (for tests and metrics).
     pub fn tracked_keys(&self) -> usize {
         self.inner.per_ip.len() + self.inner.per_username.len()
+    }
+}
+
+/// The key an IP is throttled by: an IPv4 address itself, an IPv6 address
+/// by its /64 network, since one subscriber usually holds a whole /64 and
+/// could otherwise rotate through 2^64 addresses.
+fn network_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v6) & !((1u128 << 64) - 1),
+        )),
     }
 }
 
@@ -306,6 +318,18 @@ mod tests {
         assert!(throttle.check(ip, "a").is_ok());
         assert!(throttle.check(ip, "b").is_ok());
         assert_eq!(throttle.check(ip, "c").unwrap_err().0, Limit::Ip);
+    }
+
+    #[test]
+    fn ipv6_addresses_of_one_64_share_a_budget() {
+        let throttle = LoginThrottle::new(rate("2/hour"));
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(throttle.check(Some(a), "x").is_ok());
+        assert!(throttle.check(Some(b), "y").is_ok());
+        assert_eq!(throttle.check(Some(a), "z").unwrap_err().0, Limit::Ip);
+        assert!(throttle.check(Some(other), "w").is_ok());
     }
 
     #[test]

@@ -19,6 +19,9 @@ use crate::state::AppState;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Longest wait for the whole body, so slow senders cannot hold a request
+/// open.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Most operations in one batched request.
 pub const MAX_BATCH: usize = 10;
 
@@ -31,16 +34,24 @@ pub async fn post(req: &Request, body: Body, Data(state): Data<&AppState>) -> Re
             "UNSUPPORTED_MEDIA_TYPE",
         );
     }
-    let bytes = match body.into_bytes_limit(MAX_BODY_BYTES).await {
-        Ok(bytes) => bytes,
-        Err(poem::error::ReadBodyError::PayloadTooLarge) => {
+    let read = tokio::time::timeout(BODY_READ_TIMEOUT, body.into_bytes_limit(MAX_BODY_BYTES));
+    let bytes = match read.await {
+        Err(_) => {
+            return refusal(
+                StatusCode::REQUEST_TIMEOUT,
+                "the body did not arrive in time",
+                "BODY_TIMEOUT",
+            )
+        }
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(poem::error::ReadBodyError::PayloadTooLarge)) => {
             return refusal(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("the body is larger than {MAX_BODY_BYTES} bytes"),
                 "BODY_TOO_LARGE",
             )
         }
-        Err(_) => {
+        Ok(Err(_)) => {
             return refusal(
                 StatusCode::BAD_REQUEST,
                 "the body could not be read",
