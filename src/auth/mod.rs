@@ -42,6 +42,19 @@ const RESERVE_ATTEMPTS: usize = 5;
 /// Longest user agent stored with a session.
 const MAX_USER_AGENT_CHARS: usize = 512;
 
+/// Logs an authentication event once, at info, with a stable `event` name,
+/// the client's IP and user agent, and the given fields (never a secret).
+macro_rules! audit {
+    ($event:literal, $client:expr, $($rest:tt)*) => {
+        tracing::info!(
+            event = $event,
+            ip = %$client.ip_text(),
+            user_agent = %$client.user_agent_text(),
+            $($rest)*
+        )
+    };
+}
+
 /// A user as clients see it: no password hash, no throttle state.
 #[derive(Clone, Debug)]
 pub struct User {
@@ -103,6 +116,15 @@ impl ClientInfo {
     /// The IP for log lines ("-" when unknown).
     pub fn ip_text(&self) -> String {
         self.ip.map_or_else(|| "-".to_owned(), |ip| ip.to_string())
+    }
+
+    /// The user agent for log lines, with control characters escaped.
+    pub fn user_agent_text(&self) -> String {
+        self.user_agent
+            .as_deref()
+            .unwrap_or("-")
+            .escape_debug()
+            .to_string()
     }
 }
 
@@ -268,7 +290,7 @@ impl AuthService {
             |n| n.as_ref().to_owned(),
         );
         if let Err((limit, err)) = self.throttle.check(client.ip, &key) {
-            tracing::info!(event = "rate_limited", limit = ?limit, username = %key.escape_debug(), ip = %client.ip_text(), "login refused by the rate limit");
+            audit!("rate_limited", client, limit = ?limit, username = %key.escape_debug(), "login refused by the rate limit");
             metrics::login("rate_limited");
             return Err(err);
         }
@@ -290,11 +312,11 @@ impl AuthService {
             None => self.throttle.check_unknown(&key, now),
         };
         if let Err(err) = backoff {
-            tracing::info!(event = "rate_limited", limit = "account_backoff", username = %key.escape_debug(), ip = %client.ip_text(), "login refused by the account backoff");
+            audit!("rate_limited", client, limit = "account_backoff", username = %key.escape_debug(), "login refused by the account backoff");
             metrics::login("rate_limited");
             return Err(err);
         }
-        self.check_captcha(captcha, client).await?;
+        self.check_captcha(captcha, &key, client).await?;
         let counted = match &account {
             Some(account) => self.begin_attempt(account, now).await,
             None => self.throttle.begin_unknown(&key, now),
@@ -302,7 +324,7 @@ impl AuthService {
         let counted = match counted {
             Ok(counted) => counted,
             Err(err) => {
-                tracing::info!(event = "rate_limited", limit = "account_backoff", username = %key.escape_debug(), ip = %client.ip_text(), "login refused by the account backoff");
+                audit!("rate_limited", client, limit = "account_backoff", username = %key.escape_debug(), "login refused by the account backoff");
                 metrics::login("rate_limited");
                 return Err(err);
             }
@@ -321,7 +343,7 @@ impl AuthService {
                     None => self.throttle.record_unknown_failure(&key, now),
                 }
             }
-            tracing::info!(event = "login_failed", username = %key.escape_debug(), ip = %client.ip_text(), user_agent = %client.user_agent.as_deref().unwrap_or("-").escape_debug(), "login failed");
+            audit!("login_failed", client, username = %key.escape_debug(), "login failed");
             metrics::login("invalid_credentials");
             return Err(AuthError::InvalidCredentials);
         };
@@ -332,7 +354,12 @@ impl AuthService {
             .await
             .map_err(hashing_error)?;
         let issued = self.complete_login(account, new_hash, client, now).await?;
-        tracing::info!(event = "login_succeeded", user_id = issued.user.id, ip = %client.ip_text(), user_agent = %client.user_agent.as_deref().unwrap_or("-").escape_debug(), "login succeeded");
+        audit!(
+            "login_succeeded",
+            client,
+            user_id = issued.user.id,
+            "login succeeded"
+        );
         metrics::login("success");
         Ok(issued)
     }
@@ -378,13 +405,14 @@ impl AuthService {
         };
         let issued = self.issue(&txn, &signed_in, client, now).await?;
         txn.commit().await?;
-        self.enforce_session_cap(account.id).await?;
+        self.enforce_session_cap(account.id, client).await?;
         Ok(issued)
     }
 
     async fn check_captcha(
         &self,
         answer: Option<&str>,
+        username: &str,
         client: &ClientInfo,
     ) -> Result<(), AuthError> {
         let Some(verifier) = &self.captcha else {
@@ -397,7 +425,7 @@ impl AuthService {
         match verifier.verify(answer, client.ip).await {
             Verdict::Passed => Ok(()),
             Verdict::Refused => {
-                tracing::info!(event = "captcha_refused", ip = %client.ip_text(), "captcha refused");
+                audit!("captcha_refused", client, username = %username.escape_debug(), "captcha refused");
                 metrics::login("captcha_invalid");
                 Err(AuthError::CaptchaInvalid)
             }
@@ -517,7 +545,11 @@ impl AuthService {
         })
     }
 
-    async fn enforce_session_cap(&self, user_id: i64) -> Result<(), AuthError> {
+    async fn enforce_session_cap(
+        &self,
+        user_id: i64,
+        client: &ClientInfo,
+    ) -> Result<(), AuthError> {
         if self.max_sessions_per_user == 0 {
             return Ok(());
         }
@@ -539,8 +571,9 @@ impl AuthService {
                 .revoker
                 .revoke(user_id, Some(auth_token::Column::Id.is_in(beyond_cap)))
                 .await?;
-            tracing::info!(
-                event = "session_revoked",
+            audit!(
+                "session_revoked",
+                client,
                 user_id,
                 count = revoked,
                 reason = "session_cap",
@@ -591,7 +624,13 @@ impl AuthService {
                 Some(auth_token::Column::Id.eq(principal.session_id)),
             )
             .await?;
-        tracing::info!(event = "logout", user_id = principal.user.id, session_id = principal.session_id, ip = %client.ip_text(), "logged out");
+        audit!(
+            "logout",
+            client,
+            user_id = principal.user.id,
+            session_id = principal.session_id,
+            "logged out"
+        );
         metrics::revoked("logout", revoked);
         Ok(revoked > 0)
     }
@@ -606,7 +645,13 @@ impl AuthService {
         client: &ClientInfo,
     ) -> Result<u64, AuthError> {
         let revoked = self.revoker.revoke(principal.user.id, None).await?;
-        tracing::info!(event = "logout_all", user_id = principal.user.id, count = revoked, ip = %client.ip_text(), "logged out everywhere");
+        audit!(
+            "logout_all",
+            client,
+            user_id = principal.user.id,
+            count = revoked,
+            "logged out everywhere"
+        );
         metrics::revoked("logout_all", revoked);
         Ok(revoked)
     }
@@ -627,7 +672,13 @@ impl AuthService {
                 Some(auth_token::Column::Id.ne(principal.session_id)),
             )
             .await?;
-        tracing::info!(event = "logout_others", user_id = principal.user.id, count = revoked, ip = %client.ip_text(), "other sessions logged out");
+        audit!(
+            "logout_others",
+            client,
+            user_id = principal.user.id,
+            count = revoked,
+            "other sessions logged out"
+        );
         metrics::revoked("logout_others", revoked);
         Ok(revoked)
     }
@@ -650,7 +701,13 @@ impl AuthService {
         if revoked == 0 {
             return Err(AuthError::NotFound);
         }
-        tracing::info!(event = "session_revoked", user_id = principal.user.id, session_id = id, ip = %client.ip_text(), "session revoked");
+        audit!(
+            "session_revoked",
+            client,
+            user_id = principal.user.id,
+            session_id = id,
+            "session revoked"
+        );
         metrics::revoked("revoke_session", revoked);
         Ok(true)
     }
@@ -677,7 +734,7 @@ impl AuthService {
         // The same limits as login: a stolen token must not be an
         // unthrottled password oracle.
         if let Err((limit, err)) = self.throttle.check(client.ip, &account.username) {
-            tracing::info!(event = "rate_limited", limit = ?limit, user_id = account.id, ip = %client.ip_text(), "password change refused by the rate limit");
+            audit!("rate_limited", client, limit = ?limit, user_id = account.id, "password change refused by the rate limit");
             return Err(err);
         }
         let counted = self.begin_attempt(&account, now).await?;
@@ -690,7 +747,12 @@ impl AuthService {
             if !counted {
                 self.record_failure(account.id, now).await?;
             }
-            tracing::info!(event = "password_change_failed", user_id = account.id, ip = %client.ip_text(), "wrong current password");
+            audit!(
+                "password_change_failed",
+                client,
+                user_id = account.id,
+                "wrong current password"
+            );
             return Err(AuthError::InvalidCredentials);
         }
         let new = match self.check_policy(new, &account.username, Some(old)) {
@@ -731,7 +793,13 @@ impl AuthService {
         txn.commit().await?;
         self.revoker.after_commit(account.id);
         metrics::revoked("change_password", revoked);
-        tracing::info!(event = "password_changed", user_id = account.id, revoked, ip = %client.ip_text(), user_agent = %client.user_agent.as_deref().unwrap_or("-").escape_debug(), "password changed");
+        audit!(
+            "password_changed",
+            client,
+            user_id = account.id,
+            revoked,
+            "password changed"
+        );
         Ok(issued)
     }
 

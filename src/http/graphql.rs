@@ -22,6 +22,10 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Longest wait for the whole body, so slow senders cannot hold a request
 /// open.
 pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest a request may run: past it, something below (a database
+/// connection gone silent) is stuck, and the client gets an error instead of
+/// a hang. Well above a login's worst case (a full hashing queue, 10 s).
+pub const EXECUTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Most operations in one batched request.
 pub const MAX_BATCH: usize = 10;
 
@@ -79,7 +83,13 @@ pub async fn post(req: &Request, body: Body, Data(state): Data<&AppState>) -> Re
         }
     }
     let context = request_context(req, state);
-    let mut response = state.schema.execute_batch(batch.data(context)).await;
+    let execution = tokio::time::timeout(
+        EXECUTION_TIMEOUT,
+        state.schema.execute_batch(batch.data(context)),
+    );
+    let Ok(mut response) = execution.await else {
+        return timed_out();
+    };
     match &mut response {
         BatchResponse::Single(single) => label_errors(&mut single.errors),
         BatchResponse::Batch(many) => many.iter_mut().for_each(|r| label_errors(&mut r.errors)),
@@ -161,10 +171,15 @@ pub async fn get(req: &Request, Data(state): Data<&AppState>) -> Response {
     if let Some(name) = params.operation_name {
         request = request.operation_name(name);
     }
-    let mut response = state
-        .schema
-        .execute(request.data(request_context(req, state)))
-        .await;
+    let execution = tokio::time::timeout(
+        EXECUTION_TIMEOUT,
+        state
+            .schema
+            .execute(request.data(request_context(req, state))),
+    );
+    let Ok(mut response) = execution.await else {
+        return timed_out();
+    };
     label_errors(&mut response.errors);
     GraphQLResponse(response).into_response()
 }
@@ -222,6 +237,21 @@ fn label_errors(errors: &mut [ServerError]) {
         };
         error.extensions = Some(limit_extensions(reason));
     }
+}
+
+/// A request abandoned after [`EXECUTION_TIMEOUT`].
+fn timed_out() -> Response {
+    tracing::error!("request abandoned after {} s", EXECUTION_TIMEOUT.as_secs());
+    let body = serde_json::json!({
+        "errors": [{
+            "message": "internal server error",
+            "extensions": { "code": "INTERNAL_SERVER_ERROR" }
+        }]
+    });
+    Response::builder()
+        .status(StatusCode::SERVICE_UNAVAILABLE)
+        .content_type("application/json")
+        .body(body.to_string())
 }
 
 /// A request refused before GraphQL runs, in the GraphQL error shape.
