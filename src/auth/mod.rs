@@ -305,30 +305,28 @@ impl AuthService {
             }
             None => None,
         };
-        let backoff = match &account {
+        let refused_by_backoff = |err: AuthError| {
+            audit!("rate_limited", client, limit = "account_backoff", username = %key.escape_debug(), "login refused by the account backoff");
+            metrics::login("rate_limited");
+            err
+        };
+        // A cheap look first, so that an attempt the backoff refuses costs
+        // no call to the captcha service…
+        match &account {
             Some(account) => {
                 throttle::check_backoff(account.failed_logins, account.last_failed_login, now)
             }
             None => self.throttle.check_unknown(&key, now),
-        };
-        if let Err(err) = backoff {
-            audit!("rate_limited", client, limit = "account_backoff", username = %key.escape_debug(), "login refused by the account backoff");
-            metrics::login("rate_limited");
-            return Err(err);
         }
+        .map_err(refused_by_backoff)?;
         self.check_captcha(captcha, &key, client).await?;
+        // …then the atomic step that also counts the attempt when the
+        // account is in backoff.
         let counted = match &account {
             Some(account) => self.begin_attempt(account, now).await,
             None => self.throttle.begin_unknown(&key, now),
-        };
-        let counted = match counted {
-            Ok(counted) => counted,
-            Err(err) => {
-                audit!("rate_limited", client, limit = "account_backoff", username = %key.escape_debug(), "login refused by the account backoff");
-                metrics::login("rate_limited");
-                return Err(err);
-            }
-        };
+        }
+        .map_err(refused_by_backoff)?;
 
         let active = account.as_ref().filter(|a| a.is_active);
         let verified = self
