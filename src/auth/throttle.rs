@@ -163,43 +163,48 @@ impl LoginThrottle {
         }
     }
 
-    /// Starts an attempt on an unknown username; see [`begin_attempt`].
-    /// Returns whether the attempt was already counted as a failure.
+    /// Starts an attempt on an unknown username, as `AuthService` does for
+    /// accounts: refused while the backoff runs; once in backoff, counted as
+    /// a failure at once, under the same lock as the check. Returns whether
+    /// the attempt was counted.
     ///
     /// # Errors
     /// `RateLimited` while the backoff runs.
     pub fn begin_unknown(&self, username: &str, now: DateTime<Utc>) -> Result<bool, AuthError> {
-        let key = username.to_owned();
         let _guard = self.lock_unknown();
-        let (failures, last) = self
-            .inner
-            .unknown
-            .get(&key)
-            .map_or((0, None), |(n, t)| (n, Some(t)));
+        let (failures, last) = self.unknown_failures(username);
         check_backoff(failures, last, now)?;
-        let failures = effective_failures(failures, last, now);
-        if failures < FREE_FAILURES {
+        if effective_failures(failures, last, now) < FREE_FAILURES {
             return Ok(false);
         }
-        self.inner
-            .unknown
-            .insert(key, (failures.saturating_add(1), now));
+        self.count_unknown_failure(username, failures, last, now);
         Ok(true)
     }
 
     /// Counts a failed (dummy) password check of an unknown username.
     pub fn record_unknown_failure(&self, username: &str, now: DateTime<Utc>) {
-        let key = username.to_owned();
         let _guard = self.lock_unknown();
-        let (failures, last) = self
-            .inner
-            .unknown
-            .get(&key)
-            .map_or((0, None), |(n, t)| (n, Some(t)));
-        let failures = effective_failures(failures, last, now);
+        let (failures, last) = self.unknown_failures(username);
+        self.count_unknown_failure(username, failures, last, now);
+    }
+
+    fn unknown_failures(&self, username: &str) -> (i32, Option<DateTime<Utc>>) {
         self.inner
             .unknown
-            .insert(key, (failures.saturating_add(1), now));
+            .get(&username.to_owned())
+            .map_or((0, None), |(failures, last)| (failures, Some(last)))
+    }
+
+    /// Call with the lock held.
+    fn count_unknown_failure(
+        &self,
+        username: &str,
+        failures: i32,
+        last: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) {
+        let next = effective_failures(failures, last, now).saturating_add(1);
+        self.inner.unknown.insert(username.to_owned(), (next, now));
     }
 
     fn lock_unknown(&self) -> std::sync::MutexGuard<'_, ()> {
