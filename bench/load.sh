@@ -1,0 +1,298 @@
+#!/usr/bin/env bash
+# The load benchmark of issue 5: one command from a clean checkout.
+#
+#   bench/load.sh
+#
+# Builds authql in release mode, then BENCH_RUNS times (default 3): starts
+# it on loopback over a fresh SQLite database with bcrypt cost 12, creates
+# users, times one bcrypt verification, and runs each scenario with wrk for
+# BENCH_DURATION seconds (default 10):
+#
+#   floor        GET /healthz                               32 connections
+#   me-cached    POST /graphql { me { id username } }       32 connections
+#   me-uncached  the same on a second instance, --cache-capacity 0
+#   login        the login mutation (throttling raised)      8 connections
+#   storm        me-cached (32) and login (8) at once; me's figures reported
+#   memory       VmRSS idle, and after BENCH_MEMORY_TOKENS (100,000)
+#                distinct tokens have been resolved through the cache
+#
+# It fails (non-zero exit) at the first request that errs (a status other
+# than 200, a socket error or timeout, a GraphQL "errors" in a body, a body
+# without the expected user or token) and when a sanity check before or
+# after the load fails. It prints one line per figure as it goes, then the
+# medians and the issue's ratios as a Markdown table, also written to
+# bench/results/<time>/summary.md. A missed target is reported; with
+# BENCH_ENFORCE=1 it also makes the exit status 3.
+#
+# Settings (environment): BENCH_RUNS, BENCH_DURATION, BENCH_MEMORY_TOKENS,
+# BENCH_HASH_CONCURRENCY (passed as --hash-concurrency; unset: the
+# server's default), BENCH_MEMORY_FLAGS (more flags for the memory
+# instance, for experiments such as --cache-capacity 0), BENCH_SKIP_BUILD=1
+# (use the binaries already built).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH_DIR="$ROOT/bench"
+RUNS=${BENCH_RUNS:-3}
+DURATION=${BENCH_DURATION:-10}
+MEMORY_TOKENS=${BENCH_MEMORY_TOKENS:-100000}
+COST=12
+CORES=$(nproc)
+# wrk threads for the 32-connection scenarios: one per core.
+THREADS=$CORES
+export BENCH_DIR
+
+say() { printf '%s\n' "$*"; }
+fail() {
+    printf 'FAIL: %s\n' "$*" >&2
+    exit 1
+}
+
+# --- tools ------------------------------------------------------------------
+if ! command -v wrk >/dev/null 2>&1; then
+    say "installing wrk from the Debian packages"
+    apt-get install -y wrk >/dev/null 2>&1 || {
+        apt-get update >/dev/null && apt-get install -y wrk >/dev/null
+    } || fail "cannot install wrk (apt-get install -y wrk)"
+fi
+command -v python3 >/dev/null 2>&1 || fail "python3 is needed"
+command -v curl >/dev/null 2>&1 || fail "curl is needed"
+PY="python3 $BENCH_DIR/bench.py"
+
+cd "$ROOT"
+if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
+    say "building (release)"
+    cargo build --release --quiet --bin authql
+fi
+AUTHQL="$ROOT/target/release/authql"
+[[ -x "$AUTHQL" ]] || fail "no $AUTHQL"
+# The bcrypt timer: benches/bcrypt_time.rs, the server's own bcrypt crate.
+BCRYPT_TIME=$(cargo bench --quiet --bench bcrypt_time --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "bcrypt_time":
+        print(m["executable"])')
+[[ -x "$BCRYPT_TIME" ]] || fail "cannot build benches/bcrypt_time.rs"
+
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+OUT="$BENCH_DIR/results/$STAMP"
+mkdir -p "$OUT"
+{
+    echo "commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet HEAD -- src migration Cargo.toml 2>/dev/null || echo ' (with uncommitted changes)')"
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "cores: $CORES; scenario length: ${DURATION} s; hash-concurrency: ${BENCH_HASH_CONCURRENCY:-default (cores)}"
+    if [[ -n "${BENCH_MEMORY_FLAGS:-}" ]]; then echo "memory instance flags: $BENCH_MEMORY_FLAGS"; fi
+} >"$OUT/about.txt"
+TMP=$(mktemp -d)
+SERVER_PIDS=()
+
+cleanup() {
+    local pid
+    for pid in "${SERVER_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${SERVER_PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+# start_server NAME DB_URL [flags...]: sets SERVER_PID and SERVER_URL.
+start_server() {
+    local name=$1 db=$2
+    shift 2
+    local log="$RUN_DIR/server-$name.log"
+    local extra=()
+    if [[ -n "${BENCH_HASH_CONCURRENCY:-}" ]]; then
+        extra+=(--hash-concurrency "$BENCH_HASH_CONCURRENCY")
+    fi
+    "$AUTHQL" serve --database-url "$db" --listen 127.0.0.1:0 --bcrypt-cost "$COST" \
+        --login-rate 1000000/second --log-format json "${extra[@]}" "$@" 2>"$log" &
+    SERVER_PID=$!
+    SERVER_PIDS+=("$SERVER_PID")
+    local address
+    address=$($PY wait-listen "$log" 60) || fail "$name did not start (see $log)"
+    SERVER_URL="http://$address"
+    curl -fsS "$SERVER_URL/healthz" >/dev/null || fail "$name: /healthz failed"
+}
+
+stop_server() {
+    local pid=$1
+    kill -TERM "$pid"
+    wait "$pid" || fail "a server (pid $pid) did not stop cleanly"
+    local kept=()
+    local p
+    for p in "${SERVER_PIDS[@]}"; do
+        [[ "$p" == "$pid" ]] || kept+=("$p")
+    done
+    SERVER_PIDS=("${kept[@]}")
+}
+
+# wrk_run NAME SCRIPT CONNECTIONS THREADS SECONDS URL: runs wrk, saves its
+# output as NAME.txt, prints the figure line, fails on any error.
+wrk_run() {
+    local name=$1 script=$2 connections=$3 threads=$4 seconds=$5 url=$6
+    local file="$RUN_DIR/$name.txt"
+    wrk -t "$threads" -c "$connections" -d "${seconds}s" --timeout 30s \
+        -s "$BENCH_DIR/$script" "$url" >"$file" 2>&1 || fail "$name: wrk failed (see $file)"
+    check_wrk "$name"
+}
+
+check_wrk() {
+    local name=$1
+    local file="$RUN_DIR/$name.txt"
+    local line
+    line=$(grep '^BENCH ' "$file") || fail "$name: no figures (see $file)"
+    local rps p50 p99 failed socket status requests
+    rps=$(field rps "$line")
+    p50=$(field p50_ms "$line")
+    p99=$(field p99_ms "$line")
+    failed=$(field failed "$line")
+    socket=$(field socket "$line")
+    status=$(field wrk_status "$line")
+    requests=$(field requests "$line")
+    printf '  %-13s %10.1f req/s   p50 %8.2f ms   p99 %8.2f ms   errors %d\n' \
+        "$name" "$rps" "$p50" "$p99" "$((failed + socket + status))"
+    if ((failed + socket + status > 0)); then
+        grep '^BENCH_SAMPLE' "$file" >&2 || true
+        fail "$name: $failed failed answers, $socket socket errors, $status non-2xx (see $file)"
+    fi
+    ((requests > 0)) || fail "$name: no request completed"
+}
+
+field() {
+    local key=$1 line=$2
+    sed -E "s/.*[[:space:]]$key=([^[:space:]]+).*/\\1/" <<<"$line"
+}
+
+random_password() {
+    # Long, random, JSON-safe: passes the policy and needs no escaping.
+    python3 -c 'import secrets; print("bench-" + secrets.token_urlsafe(24).replace("-", "x"))'
+}
+
+create_user() {
+    local db=$1 name=$2 password=$3
+    printf '%s\n' "$password" |
+        "$AUTHQL" user create "$name" --password-stdin --database-url "$db" --bcrypt-cost "$COST" \
+            >/dev/null 2>"$RUN_DIR/user-$name.log" || fail "cannot create user $name (see $RUN_DIR/user-$name.log)"
+}
+
+load_average() { cut -d' ' -f1-3 /proc/loadavg; }
+
+# --- one run ----------------------------------------------------------------
+one_run() {
+    local run=$1
+    RUN_DIR="$OUT/run$run"
+    mkdir -p "$RUN_DIR"
+    echo "$CORES" >"$RUN_DIR/cores"
+    local dir="$TMP/run$run"
+    mkdir -p "$dir"
+    local dbfile="$dir/authql.db"
+    local db="sqlite://$dbfile?mode=rwc"
+
+    say "run $run/$RUNS (load average before: $(load_average))"
+    echo "before: $(load_average)" >"$RUN_DIR/loadavg"
+    local me_user=bench_me login_user=bench_login
+    local me_password login_password
+    me_password=$(random_password)
+    login_password=$(random_password)
+    "$AUTHQL" migrate --database-url "$db" >/dev/null 2>&1 || fail "cannot migrate $db"
+    create_user "$db" "$me_user" "$me_password"
+    create_user "$db" "$login_user" "$login_password"
+
+    start_server cached "$db"
+    local cached_pid=$SERVER_PID cached_url=$SERVER_URL
+    start_server uncached "$db" --cache-capacity 0
+    local uncached_pid=$SERVER_PID uncached_url=$SERVER_URL
+
+    # Sanity before: a login returns a token, and `me` names the user on
+    # both instances.
+    local token
+    token=$($PY sanity "$cached_url" "$me_user" "$me_password")
+    $PY me "$uncached_url" "$token" "$me_user"
+    $PY login "$cached_url" "$login_user" "$login_password"
+
+    # One bcrypt verification at cost 12, on an idle machine, same run.
+    "$BCRYPT_TIME" "$COST" 8 >"$RUN_DIR/bcrypt.txt" || fail "bcrypt timing failed"
+    local bcrypt_ms
+    bcrypt_ms=$(sed -E 's/.*median_ms=([^ ]+).*/\1/' "$RUN_DIR/bcrypt.txt")
+    say "  bcrypt cost $COST: one verification ${bcrypt_ms} ms; bound $(python3 -c "print(f'{$CORES / ($bcrypt_ms / 1000):.2f}')") logins/s on $CORES cores"
+
+    export BENCH_TOKEN=$token BENCH_USER=$me_user
+    wrk_run floor healthz.lua 32 "$THREADS" "$DURATION" "$cached_url/healthz"
+    wrk_run me_cached me.lua 32 "$THREADS" "$DURATION" "$cached_url/graphql"
+    wrk_run me_uncached me.lua 32 "$THREADS" "$DURATION" "$uncached_url/graphql"
+
+    BENCH_USER=$login_user BENCH_PASSWORD=$login_password \
+        wrk_run login login.lua 8 1 "$DURATION" "$cached_url/graphql"
+
+    # Storm: logins start first and outlast the `me` load by a second on
+    # each side, so every `me` request meets a full bcrypt queue.
+    BENCH_USER=$login_user BENCH_PASSWORD=$login_password \
+        wrk -t 1 -c 8 -d "$((DURATION + 2))s" --timeout 30s -s "$BENCH_DIR/login.lua" \
+        "$cached_url/graphql" >"$RUN_DIR/storm_login.txt" 2>&1 &
+    local storm_login_pid=$!
+    sleep 1
+    wrk_run storm_me me.lua 32 "$THREADS" "$DURATION" "$cached_url/graphql"
+    wait "$storm_login_pid" || fail "storm: login wrk failed"
+    check_wrk storm_login
+
+    # Sanity after.
+    $PY me "$cached_url" "$token" "$me_user"
+    $PY me "$uncached_url" "$token" "$me_user"
+    $PY login "$cached_url" "$login_user" "$login_password"
+    stop_server "$cached_pid"
+    stop_server "$uncached_pid"
+
+    # Memory: a fresh instance (default cache capacity, 100,000), idle,
+    # then after MEMORY_TOKENS distinct tokens resolved through its cache.
+    $PY tokens "$dbfile" "$me_user" "$MEMORY_TOKENS" "$dir/tokens.txt"
+    # shellcheck disable=SC2086 # BENCH_MEMORY_FLAGS is a list of flags
+    start_server memory "$db" ${BENCH_MEMORY_FLAGS:-}
+    local memory_pid=$SERVER_PID memory_url=$SERVER_URL
+    $PY me "$memory_url" "$token" "$me_user"
+    sleep 2
+    $PY rss "$memory_pid" >"$RUN_DIR/rss_idle"
+    local before
+    before=$($PY metric "$memory_url" authql_token_resolutions_total path=database)
+    # wrk runs until interrupted (at most 300 s): stop it with SIGINT, after
+    # which it reports as usual, once the server has resolved every token.
+    BENCH_TOKEN_FILE="$dir/tokens.txt" BENCH_THREADS=$THREADS BENCH_CONNECTIONS=32 \
+        wrk -t "$THREADS" -c 32 -d 300s --timeout 30s -s "$BENCH_DIR/tokens.lua" \
+        "$memory_url/graphql" >"$RUN_DIR/tokens.txt" 2>&1 &
+    local tokens_pid=$!
+    local after=$before
+    while kill -0 "$tokens_pid" 2>/dev/null &&
+        python3 -c "import sys; sys.exit(0 if $after - $before < $MEMORY_TOKENS else 1)"; do
+        sleep 0.5
+        after=$($PY metric "$memory_url" authql_token_resolutions_total path=database)
+    done
+    kill -INT "$tokens_pid" 2>/dev/null || true
+    wait "$tokens_pid" || fail "memory: wrk failed (see $RUN_DIR/tokens.txt)"
+    check_wrk tokens
+    after=$($PY metric "$memory_url" authql_token_resolutions_total path=database)
+    python3 -c "import sys; sys.exit(0 if $after - $before >= $MEMORY_TOKENS else 1)" ||
+        fail "memory: only $after - $before tokens were resolved from the database, not $MEMORY_TOKENS"
+    python3 -c "print(int($after - $before))" >"$RUN_DIR/tokens_resolved"
+    sleep 2
+    $PY rss "$memory_pid" >"$RUN_DIR/rss_tokens"
+    $PY metric "$memory_url" authql_token_cache_entries >"$RUN_DIR/cache_entries"
+    $PY me "$memory_url" "$token" "$me_user"
+    say "  memory        idle $(($(cat "$RUN_DIR/rss_idle") / 1024)) MiB, after $(cat "$RUN_DIR/tokens_resolved") tokens $(($(cat "$RUN_DIR/rss_tokens") / 1024)) MiB (cache entries $(cat "$RUN_DIR/cache_entries"))"
+    stop_server "$memory_pid"
+    say "  (load average after: $(load_average))"
+    echo "after: $(load_average)" >>"$RUN_DIR/loadavg"
+    rm -rf "$dir"
+}
+
+say "authql load benchmark: $RUNS run(s) of ${DURATION} s per scenario, $CORES cores shared by wrk and the server"
+say "results: $OUT"
+RUN_DIRS=()
+for ((run = 1; run <= RUNS; run++)); do
+    one_run "$run"
+    RUN_DIRS+=("$OUT/run$run")
+done
+say ""
+$PY report "$OUT" "${RUN_DIRS[@]}"
