@@ -12,6 +12,9 @@
 //! - `schema/me_cached` and `schema/me_database_sqlite`: executing
 //!   `{ me { id username } }` on the schema, as the HTTP handler does.
 //!
+//! - `schema/me_cached_preparsed` and `schema/parse_only`: the same with a
+//!   document parsed once (what a cache of parsed documents would give),
+//!   and parsing `{ me { id username } }` alone;
 //! - `runtime/block_on_ready`: what driving a ready future costs, included
 //!   in every async figure above.
 //!
@@ -178,6 +181,27 @@ fn cache_and_authenticate(c: &mut Criterion) {
     });
     group.bench_function("me_database_sqlite", |b| {
         b.iter(|| run_me(&uncached.auth, &uncached.token));
+    });
+    // What a cache of parsed documents would save: the same execution with
+    // the document parsed once (`Request::set_parsed_query` with a clone),
+    // next to parsing alone.
+    let parsed = async_graphql::parser::parse_query(ME).expect("parses");
+    group.bench_function("me_cached_preparsed", |b| {
+        b.iter(|| {
+            let context = Arc::new(RequestContext::new(
+                cached.auth.clone(),
+                credential(&cached.token),
+                ClientInfo::default(),
+            ));
+            let mut request = async_graphql::Request::new(ME).data(context);
+            request.set_parsed_query(parsed.clone());
+            let response = runtime.block_on(schema.execute(request));
+            assert!(response.errors.is_empty(), "{:?}", response.errors);
+            response
+        });
+    });
+    group.bench_function("parse_only", |b| {
+        b.iter(|| async_graphql::parser::parse_query(black_box(ME)).expect("parses"));
     });
     group.finish();
 }
