@@ -53,6 +53,7 @@ impl App {
         }
         let state = AppState {
             schema: graphql::build_schema(settings.introspection),
+            documents: graphql::DocumentCache::default(),
             metrics: metrics::handle(),
             trust_forwarded_for: settings.trust_forwarded_for,
             auth,

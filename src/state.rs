@@ -5,12 +5,14 @@ use std::sync::Arc;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::auth::AuthService;
-use crate::graphql::AuthqlSchema;
+use crate::graphql::{AuthqlSchema, DocumentCache};
 
 #[derive(Clone)]
 pub struct AppState {
     pub auth: Arc<AuthService>,
     pub schema: AuthqlSchema,
+    /// Parsed documents by query text.
+    pub documents: DocumentCache,
     pub metrics: PrometheusHandle,
     /// Take the client IP from the last `X-Forwarded-For` entry.
     pub trust_forwarded_for: bool,

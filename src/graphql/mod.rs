@@ -2,6 +2,7 @@
 //! held to. Resolvers are thin; the rules live in `crate::auth`.
 
 pub mod context;
+pub mod documents;
 pub mod limits;
 pub mod mutation;
 pub mod query;
@@ -10,6 +11,7 @@ pub mod types;
 use async_graphql::{EmptySubscription, Schema};
 
 pub use context::RequestContext;
+pub use documents::DocumentCache;
 use mutation::Mutation;
 use query::Query;
 

@@ -63,7 +63,7 @@ pub async fn post(req: &Request, body: Body, Data(state): Data<&AppState>) -> Re
             )
         }
     };
-    let Some(batch) = parse_batch(&bytes) else {
+    let Some(mut batch) = parse_batch(&bytes) else {
         return refusal(
             StatusCode::BAD_REQUEST,
             "the body is not a GraphQL request: expected a JSON object with a \"query\" string, or an array of them",
@@ -82,6 +82,9 @@ pub async fn post(req: &Request, body: Body, Data(state): Data<&AppState>) -> Re
             );
         }
     }
+    batch
+        .iter_mut()
+        .for_each(|request| state.documents.prepare(request));
     let context = request_context(req, state);
     let execution = tokio::time::timeout(
         EXECUTION_TIMEOUT,
@@ -171,6 +174,7 @@ pub async fn get(req: &Request, Data(state): Data<&AppState>) -> Response {
     if let Some(name) = params.operation_name {
         request = request.operation_name(name);
     }
+    state.documents.prepare(&mut request);
     let execution = tokio::time::timeout(
         EXECUTION_TIMEOUT,
         state

@@ -178,6 +178,26 @@ async fn too_many_aliases_are_refused() {
 }
 
 #[tokio::test]
+async fn a_document_seen_before_is_held_to_every_limit_again() {
+    let app = spawn_app().await;
+    let fields: String = (0..40).map(|i| format!("a{i}: __typename ")).collect();
+    let too_many_aliases = format!("{{ {fields} }}");
+    let too_deep = format!(
+        "{{ __schema {{ types {{ fields {{ type {{ {} name {} }} }} }} }} }}",
+        "ofType { ".repeat(14),
+        "}".repeat(14)
+    );
+    for _ in 0..3 {
+        let body = app.graphql(&too_many_aliases, json!({}), None).await;
+        assert_eq!(error_reasons(&body), ["TOO_MANY_ALIASES"]);
+        let body = app.graphql(&too_deep, json!({}), None).await;
+        assert_eq!(error_reasons(&body), ["QUERY_TOO_DEEP"]);
+        let body = app.graphql("{ me { id } }", json!({}), None).await;
+        assert_eq!(error_code(&body), "UNAUTHENTICATED");
+    }
+}
+
+#[tokio::test]
 async fn queries_run_over_get() {
     let app = spawn_app().await;
     let user = app.create_user().await;
