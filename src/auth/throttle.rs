@@ -326,6 +326,20 @@ mod tests {
     }
 
     #[test]
+    fn idle_keys_are_forgotten_so_a_flood_of_new_keys_does_not_stay() {
+        let throttle = LoginThrottle::new(rate("1000/second"));
+        for i in 0..1000u16 {
+            let ip = IpAddr::from([10, 1, (i >> 8) as u8, (i & 0xff) as u8]);
+            assert!(throttle.check(Some(ip), &format!("user{i}")).is_ok());
+        }
+        assert_eq!(throttle.tracked_keys(), 2000);
+        // One attempt at 1000/second is paid back after 1 ms.
+        std::thread::sleep(Duration::from_millis(20));
+        throttle.forget_idle();
+        assert_eq!(throttle.tracked_keys(), 0);
+    }
+
+    #[test]
     fn ipv6_addresses_of_one_64_share_a_budget() {
         let throttle = LoginThrottle::new(rate("2/hour"));
         let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();

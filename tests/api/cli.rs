@@ -187,3 +187,41 @@ fn migrate_creates_the_tables_and_is_idempotent() {
         assert!(output.status.success(), "{}", stderr(&output));
     }
 }
+
+#[test]
+fn serve_on_a_database_without_users_says_how_to_create_one() {
+    use std::io::BufRead as _;
+    let (_dir, db) = temp_db();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_authql"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--bcrypt-cost", "4"])
+        .env("DATABASE_URL", &db)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("authql serves");
+    let stderr = server.stderr.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut hint = None;
+    while hint.is_none() && std::time::Instant::now() < deadline {
+        if let Ok(line) = received.recv_timeout(std::time::Duration::from_millis(200)) {
+            if line.contains("authql user create") {
+                hint = Some(line);
+            }
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(hint.is_some(), "no hint on how to create a user");
+}
