@@ -19,6 +19,7 @@ pub struct Settings {
         long,
         env = "DATABASE_URL",
         default_value = "sqlite://authql.db?mode=rwc",
+        hide_env_values = true,
         global = true
     )]
     pub database_url: String,

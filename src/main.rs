@@ -79,6 +79,7 @@ async fn manage_user(settings: &Settings, command: UserCommand) -> anyhow::Resul
                 .await
                 .map_err(explain)?;
             eprintln!("password set; {revoked} session(s) revoked");
+            warn_about_sqlite_caches(settings);
         }
         UserCommand::Deactivate { username } => {
             let revoked = auth.deactivate(&username).await.map_err(explain)?;

@@ -32,6 +32,17 @@ pub fn handle() -> PrometheusHandle {
         .clone()
 }
 
+/// Drains histogram samples into their buckets every few seconds (the
+/// exporter's own listener would; without it samples pile up between
+/// scrapes, or forever when nothing scrapes). Runs until aborted.
+pub async fn run_upkeep(handle: PrometheusHandle) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        ticks.tick().await;
+        handle.run_upkeep();
+    }
+}
+
 fn describe() {
     metrics::describe_counter!("authql_logins_total", "Login attempts by outcome.");
     metrics::describe_counter!(

@@ -94,7 +94,10 @@ impl App {
     ) -> anyhow::Result<()> {
         let auth = self.state.auth.clone();
         self.report(auth.count_users().await.unwrap_or(0));
-        let mut background = vec![tokio::spawn(sweeper::run(auth.clone()))];
+        let mut background = vec![
+            tokio::spawn(sweeper::run(auth.clone())),
+            tokio::spawn(metrics::run_upkeep(self.state.metrics.clone())),
+        ];
         if auth.db().get_database_backend() == DbBackend::Postgres {
             background.push(tokio::spawn(listener::run(
                 self.settings.database_url.clone(),

@@ -346,12 +346,7 @@ impl AuthService {
             return Err(AuthError::InvalidCredentials);
         };
 
-        let new_hash = self
-            .hasher
-            .rehash_if_needed(password, &account.password_hash)
-            .await
-            .map_err(hashing_error)?;
-        let issued = self.complete_login(account, new_hash, client, now).await?;
+        let issued = self.complete_login(account, password, client, now).await?;
         audit!(
             "login_succeeded",
             client,
@@ -364,47 +359,87 @@ impl AuthService {
 
     /// Records the success and stores the session in one transaction, on the
     /// condition that the password hash is still the one just verified: a
-    /// login racing a password change cannot keep a session past it.
+    /// login racing a password change cannot keep a session past it. When the
+    /// hash did change, the password is verified once more against the new
+    /// one, so that logins racing a mere re-hash (a cost upgrade by a
+    /// parallel login) still succeed.
     async fn complete_login(
         &self,
         account: &user::Model,
-        new_hash: Option<String>,
+        password: &Password,
         client: &ClientInfo,
         now: DateTime<Utc>,
     ) -> Result<Issued, AuthError> {
-        let mut success = user::Entity::update_many()
-            .col_expr(user::Column::LastLogin, Expr::value(now))
-            .col_expr(user::Column::FailedLogins, Expr::value(0))
-            .col_expr(
-                user::Column::LastFailedLogin,
-                Expr::value(Option::<DateTime<Utc>>::None),
-            )
-            .filter(user::Column::Id.eq(account.id))
-            .filter(user::Column::IsActive.eq(true))
-            .filter(user::Column::PasswordHash.eq(account.password_hash.as_str()));
-        if let Some(hash) = &new_hash {
-            success = success.col_expr(user::Column::PasswordHash, Expr::value(hash.as_str()));
-            tracing::info!(
-                user_id = account.id,
-                "password re-hashed at the configured bcrypt cost"
-            );
+        let mut verified_hash = account.password_hash.clone();
+        for _ in 0..2 {
+            let new_hash = self
+                .hasher
+                .rehash_if_needed(password, &verified_hash)
+                .await
+                .map_err(hashing_error)?;
+            let stored_hash = new_hash.clone().unwrap_or_else(|| verified_hash.clone());
+            let success = user::Entity::update_many()
+                .col_expr(user::Column::LastLogin, Expr::value(now))
+                .col_expr(user::Column::FailedLogins, Expr::value(0))
+                .col_expr(
+                    user::Column::LastFailedLogin,
+                    Expr::value(Option::<DateTime<Utc>>::None),
+                )
+                .col_expr(
+                    user::Column::PasswordHash,
+                    Expr::value(stored_hash.as_str()),
+                )
+                .filter(user::Column::Id.eq(account.id))
+                .filter(user::Column::IsActive.eq(true))
+                .filter(user::Column::PasswordHash.eq(verified_hash.as_str()));
+            let txn = self.db.begin().await?;
+            if success.exec(&txn).await?.rows_affected == 1 {
+                if new_hash.is_some() {
+                    tracing::info!(
+                        user_id = account.id,
+                        "password re-hashed at the configured bcrypt cost"
+                    );
+                }
+                let signed_in = user::Model {
+                    last_login: Some(now),
+                    failed_logins: 0,
+                    last_failed_login: None,
+                    password_hash: stored_hash,
+                    ..account.clone()
+                };
+                let issued = self.issue(&txn, &signed_in, client, now).await?;
+                txn.commit().await?;
+                self.enforce_session_cap(account.id, client).await?;
+                return Ok(issued);
+            }
+            drop(txn);
+            // Changed meanwhile: deactivated, a new password, or a re-hash.
+            let Some(current) = user::Entity::find_by_id(account.id)
+                .one(&self.db)
+                .await?
+                .filter(|a| a.is_active)
+            else {
+                break;
+            };
+            if !self
+                .hasher
+                .verify(password, Some(&current.password_hash))
+                .await
+                .map_err(hashing_error)?
+            {
+                break;
+            }
+            verified_hash = current.password_hash;
         }
-        let txn = self.db.begin().await?;
-        if success.exec(&txn).await?.rows_affected == 0 {
-            // The password changed or the user was deactivated meanwhile.
-            return Err(AuthError::InvalidCredentials);
-        }
-        let signed_in = user::Model {
-            last_login: Some(now),
-            failed_logins: 0,
-            last_failed_login: None,
-            password_hash: new_hash.unwrap_or_else(|| account.password_hash.clone()),
-            ..account.clone()
-        };
-        let issued = self.issue(&txn, &signed_in, client, now).await?;
-        txn.commit().await?;
-        self.enforce_session_cap(account.id, client).await?;
-        Ok(issued)
+        audit!(
+            "login_failed",
+            client,
+            user_id = account.id,
+            reason = "changed_during_login",
+            "login lost a race with a password change"
+        );
+        metrics::login("invalid_credentials");
+        Err(AuthError::InvalidCredentials)
     }
 
     async fn check_captcha(
@@ -735,7 +770,15 @@ impl AuthService {
             audit!("rate_limited", client, limit = ?limit, user_id = account.id, "password change refused by the rate limit");
             return Err(err);
         }
-        let counted = self.begin_attempt(&account, now).await?;
+        let counted = self.begin_attempt(&account, now).await.inspect_err(|_| {
+            audit!(
+                "rate_limited",
+                client,
+                limit = "account_backoff",
+                user_id = account.id,
+                "password change refused by the account backoff"
+            );
+        })?;
         if !self
             .hasher
             .verify(old, Some(&account.password_hash))
@@ -833,6 +876,11 @@ impl AuthService {
 /// A full hashing queue is an overload: ask the client to retry shortly.
 fn hashing_error(err: anyhow::Error) -> AuthError {
     if err.is::<passwords::HasherBusy>() {
+        tracing::warn!(
+            event = "rate_limited",
+            limit = "hash_queue",
+            "every bcrypt slot stayed busy; attempt refused"
+        );
         AuthError::RateLimited { retry_after: 1 }
     } else {
         AuthError::Internal(err)

@@ -222,7 +222,8 @@ impl PasswordHasher {
         let matched = self
             .run(move || bcrypt::verify(password.expose(), &hash))
             .await?
-            .context("stored password hash is not a bcrypt hash")?;
+            // bcrypt's own error quotes the stored hash: keep it out of logs.
+            .map_err(|_| anyhow::anyhow!("the stored password hash is not a bcrypt hash"))?;
         Ok(usable && matched)
     }
 

@@ -25,9 +25,15 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Database
         .connect_timeout(ACQUIRE_TIMEOUT)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .sqlx_logging(false);
-    let db = Database::connect(options)
-        .await
-        .with_context(|| format!("cannot connect to the database at {}", redact_url(url)))?;
+    // The driver's error can quote the URL, password and all: pass on only
+    // its text with the URL redacted.
+    let db = Database::connect(options).await.map_err(|err| {
+        anyhow::anyhow!(
+            "cannot connect to the database at {}: {}",
+            redact_url(url),
+            err.to_string().replace(url, &redact_url(url))
+        )
+    })?;
     if db.get_database_backend() == DbBackend::Sqlite {
         // WAL lets readers go on while one connection writes; the mode is
         // stored in the file, so one connection setting it is enough. (sqlx

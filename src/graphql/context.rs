@@ -6,13 +6,17 @@ use std::sync::Arc;
 use tokio::sync::OnceCell;
 
 use crate::auth::{AuthService, ClientInfo, Credential, Principal};
-use crate::error::AuthError;
+use crate::error::{AuthError, Unauthenticated};
 
 pub struct RequestContext {
     pub auth: Arc<AuthService>,
     pub credential: Credential,
     pub client: ClientInfo,
-    principal: OnceCell<Arc<Principal>>,
+    /// The outcome of resolving the credential, refusals included, so that
+    /// every field of the request sees the same answer and a refused token
+    /// costs one lookup, not one per field. Internal errors are not kept:
+    /// a later field may try again.
+    principal: OnceCell<Result<Arc<Principal>, Unauthenticated>>,
 }
 
 impl RequestContext {
@@ -30,10 +34,17 @@ impl RequestContext {
     /// # Errors
     /// `Unauthenticated` with the reason, or an internal error.
     pub async fn principal(&self) -> Result<Arc<Principal>, AuthError> {
-        self.principal
-            .get_or_try_init(|| self.auth.authenticate(&self.credential))
-            .await
-            .cloned()
+        let outcome = self
+            .principal
+            .get_or_try_init(|| async {
+                match self.auth.authenticate(&self.credential).await {
+                    Ok(principal) => Ok(Ok(principal)),
+                    Err(AuthError::Unauthenticated(reason)) => Ok(Err(reason)),
+                    Err(other) => Err(other),
+                }
+            })
+            .await?;
+        outcome.clone().map_err(AuthError::Unauthenticated)
     }
 }
 

@@ -110,10 +110,14 @@ async fn the_byte_limit_is_72_with_multibyte_characters_too() {
             .to_owned();
         current.clone_from(accepted);
     }
-    // The 72nd byte counts: a password differing only there does not log in.
-    let mut almost = multibyte_72.clone();
-    almost.pop();
-    almost.push('x');
+    // The 72nd byte counts: a password differing only there does not log in
+    // ("う" and "ぇ" differ in their last byte only).
+    let almost = multibyte_72.replace('う', "ぇ");
+    assert_eq!(almost.len(), 72);
+    let differing: Vec<usize> = (0..72)
+        .filter(|&i| almost.as_bytes()[i] != multibyte_72.as_bytes()[i])
+        .collect();
+    assert_eq!(differing, [71]);
     assert_eq!(
         error_code(&app.login_as(&user.username, &almost).await),
         "INVALID_CREDENTIALS"

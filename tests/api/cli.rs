@@ -177,6 +177,20 @@ fn an_unreachable_database_is_a_clear_start_up_error() {
     );
     let output = authql(&["migrate"], "mysterydb://what", None);
     assert!(!output.status.success());
+    // Neither a refused connection nor a malformed URL prints the password.
+    for url in [
+        "postgres://nobody:hunter2secret@127.0.0.1:1/nothing",
+        "postgress://app:hunter2secret@db/auth",
+        "postgres://127.0.0.1:1/db?password=hunter2secret",
+    ] {
+        let output = authql(&["migrate"], url, None);
+        assert!(!output.status.success());
+        assert!(
+            !stderr(&output).contains("hunter2secret"),
+            "{}",
+            stderr(&output)
+        );
+    }
 }
 
 #[test]

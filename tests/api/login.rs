@@ -120,6 +120,27 @@ async fn a_hash_of_another_cost_is_upgraded_at_login() {
     app.login(&user).await;
 }
 
+#[tokio::test]
+async fn parallel_logins_all_succeed_while_one_of_them_upgrades_the_hash() {
+    let app = spawn_app().await;
+    let user = app.create_user().await;
+    let upgraded = std::sync::Arc::new(app.spawn_sibling(|s| s.bcrypt_cost = 5).await);
+
+    let logins: Vec<_> = (0..4)
+        .map(|_| {
+            let (upgraded, user) = (upgraded.clone(), user.clone());
+            tokio::spawn(async move { upgraded.login_as(&user.username, &user.password).await })
+        })
+        .collect();
+    for login in logins {
+        let body = login.await.unwrap();
+        assert!(body["data"]["login"]["token"].is_string(), "{body}");
+    }
+    assert!(stored_hash(&app, &user.username)
+        .await
+        .starts_with("$2b$05$"));
+}
+
 async fn stored_hash(app: &crate::helpers::TestApp, username: &str) -> String {
     use authql::db::entities::user;
     use sea_orm::{ColumnTrait as _, EntityTrait as _, QueryFilter as _};

@@ -96,6 +96,30 @@ async fn an_expired_token_is_refused_and_deleted() {
 }
 
 #[tokio::test]
+async fn every_field_of_a_request_sees_the_same_refusal() {
+    let app = spawn_app_with(|s| s.token_ttl = Duration::from_secs(60)).await;
+    let user = app.create_user().await;
+    let token = app.login(&user).await;
+    app.clock.advance(Duration::from_secs(61));
+
+    let body = app
+        .graphql(
+            "{ me { id } sessions { id } again: me { id } }",
+            json!({}),
+            Some(&token),
+        )
+        .await;
+
+    let reasons: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["extensions"]["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["TOKEN_EXPIRED"; 3], "{body}");
+}
+
+#[tokio::test]
 async fn a_token_that_expires_while_cached_is_refused() {
     let app = spawn_app_with(|s| {
         s.token_ttl = Duration::from_secs(60);
