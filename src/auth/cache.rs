@@ -132,7 +132,7 @@ impl TokenCache {
     pub fn insert(
         &self,
         digest: TokenDigest,
-        principal: Principal,
+        principal: impl Into<Arc<Principal>>,
         ticket: ReadTicket,
         now: DateTime<Utc>,
     ) {
@@ -143,11 +143,12 @@ impl TokenCache {
         }
         let generation = ticket.generation;
         if let Some(entries) = self.active() {
+            let principal = principal.into();
             let fresh_until = principal.expires_at.min(now + self.inner.ttl);
             entries.insert(
                 digest,
                 Entry {
-                    principal: Arc::new(principal),
+                    principal,
                     generation,
                     fresh_until,
                 },

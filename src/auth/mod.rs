@@ -246,10 +246,11 @@ impl AuthService {
             session_id: session.id,
             expires_at: session.expires_at,
         };
+        let principal = Arc::new(principal);
         self.cache
-            .insert(digest, principal.clone(), generation, now);
+            .insert(digest, Arc::clone(&principal), generation, now);
         metrics::token_resolved("database");
-        Ok(Arc::new(principal))
+        Ok(principal)
     }
 
     async fn forget_expired(&self, session_id: i64, digest: &TokenDigest) -> Result<(), AuthError> {
