@@ -144,7 +144,12 @@ pub async fn get(req: &Request, Data(state): Data<&AppState>) -> Response {
             "MALFORMED_REQUEST",
         );
     };
-    if selects_mutation(&query, params.operation_name.as_deref()) {
+    let mut request = async_graphql::Request::new(query);
+    if let Some(name) = params.operation_name {
+        request = request.operation_name(name);
+    }
+    state.documents.prepare(&mut request);
+    if selects_mutation(&mut request) {
         let mut response = refusal(
             StatusCode::METHOD_NOT_ALLOWED,
             "mutations are accepted over POST only",
@@ -155,7 +160,7 @@ pub async fn get(req: &Request, Data(state): Data<&AppState>) -> Response {
             .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
         return response;
     }
-    let variables = match params
+    request.variables = match params
         .variables
         .as_deref()
         .map(serde_json::from_str::<Variables>)
@@ -170,11 +175,6 @@ pub async fn get(req: &Request, Data(state): Data<&AppState>) -> Response {
             )
         }
     };
-    let mut request = async_graphql::Request::new(query).variables(variables);
-    if let Some(name) = params.operation_name {
-        request = request.operation_name(name);
-    }
-    state.documents.prepare(&mut request);
     let execution = tokio::time::timeout(
         EXECUTION_TIMEOUT,
         state
@@ -211,13 +211,14 @@ fn accepts_html(req: &Request) -> bool {
 
 /// True when the operation that would run is a mutation. A document that
 /// does not parse is left to the executor, which reports why.
-fn selects_mutation(query: &str, operation_name: Option<&str>) -> bool {
-    let Ok(document) = async_graphql::parser::parse_query(query) else {
+fn selects_mutation(request: &mut async_graphql::Request) -> bool {
+    let operation_name = request.operation_name.clone();
+    let Ok(document) = request.parsed_query() else {
         return false;
     };
     document.operations.iter().any(|(name, op)| {
         op.node.ty == OperationType::Mutation
-            && (operation_name.is_none() || name.map(|n| n.as_str()) == operation_name)
+            && (operation_name.is_none() || name.map(|n| n.as_str()) == operation_name.as_deref())
     })
 }
 
