@@ -1,6 +1,6 @@
 //! What operators see: `/metrics`, the audit log, request ids, and a
 //! graceful shutdown. The log tests run the real binary and read its
-//! stderr.
+//! stderr; the metrics test runs it too, so that it owns its recorder.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -8,12 +8,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use authql::auth::cache::Lookup;
-use authql::auth::tokens::Token;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::helpers::{error_code, error_reason, random_text, spawn_app, TestApp};
+use crate::helpers::{error_code, error_reason, random_text, TestApp};
 
 // ---------------------------------------------------------------- metrics
 
@@ -149,12 +147,13 @@ pub fn total(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 pub async fn scrape(app: &TestApp) -> (String, Vec<Sample>) {
-    let response = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics answer");
+    read_exposition(&app.client, &app.url("/metrics")).await
+}
+
+/// GETs `/metrics` at `url`; returns its text and its samples, parsed
+/// strictly.
+async fn read_exposition(client: &reqwest::Client, url: &str) -> (String, Vec<Sample>) {
+    let response = client.get(url).send().await.expect("metrics answer");
     assert_eq!(response.status(), 200);
     let content_type = response
         .headers()
@@ -168,116 +167,240 @@ pub async fn scrape(app: &TestApp) -> (String, Vec<Sample>) {
     (text, samples)
 }
 
-/// Resolves `token` until this instance serves it from its cache (on
-/// PostgreSQL the cache is bypassed until the instance is listening).
-async fn cache_token(app: &TestApp, token: &str) {
-    let digest = Token::parse(token).expect("our token").digest();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !matches!(
-        app.auth.cache().get(&digest, app.clock.now()),
-        Lookup::Hit(_)
-    ) {
-        assert!(app.me(token).await["data"]["me"].is_object());
-        assert!(Instant::now() < deadline, "the token was never cached");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+/// An expected change: metric name, labels it must carry, by how much.
+type Change<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
+
+/// Asserts that each metric of `changes` moved by exactly its amount
+/// between two scrapes.
+fn assert_changes(step: &str, before: &[Sample], after: &[Sample], changes: &[Change<'_>]) {
+    for &(name, labels, expected) in changes {
+        // `+ 0.0` shows an empty sum (-0) as 0.
+        let was = total(before, name, labels) + 0.0;
+        let is = total(after, name, labels) + 0.0;
+        assert_eq!(
+            is - was,
+            expected,
+            "{step}: {name}{labels:?} went from {was} to {is}, expected a change of {expected}"
+        );
     }
 }
 
-// The recorder is process-wide and tests run in parallel: every check
-// compares a value before and after, and asks only for an increase.
+// The recorder is process-wide and the other tests of this binary run in
+// parallel in this process, so an in-process server's /metrics counts their
+// requests too. This test reads the metrics of the real binary, run as its
+// own process: only this test talks to it, so every change is exact.
 #[tokio::test]
 async fn metrics_move_after_real_requests_and_the_exposition_parses() {
-    let app = spawn_app().await;
-    let user = app.create_user().await;
+    const LOGINS: &str = "authql_logins_total";
+    const RESOLUTIONS: &str = "authql_token_resolutions_total";
+    const REVOCATIONS: &str = "authql_revocations_total";
+    const OPERATIONS: &str = "authql_operation_duration_seconds_count";
+    const OPERATIONS_INF: &str = "authql_operation_duration_seconds_bucket";
+    const HTTP: &str = "authql_http_request_duration_seconds_count";
+
+    let username = new_username();
+    let password = strong_password();
     let wrong = format!("wrong {}", random_text(16));
     let stray_path = format!("/no-such-route-{}", random_text(12));
-    let (_, before) = scrape(&app).await;
-    let metric =
-        |samples: &[Sample], name: &str, labels: &[(&str, &str)]| total(samples, name, labels);
+    let (_dir, url) = database_with_user(&username, &password);
+    let server = Server::start(&url, &["--bcrypt-cost", "4"]).await;
+    let metrics_url = server.url("/metrics");
+    let scrape = || read_exposition(&server.client, &metrics_url);
+    let login =
+        "mutation($u: String!, $p: String!) { login(username: $u, password: $p) { token } }";
+    let me = "{ me { id username } }";
 
-    let body = app.login_as(&user.username, &wrong).await;
-    assert_eq!(error_code(&body), "INVALID_CREDENTIALS");
-    let token = app.login(&user).await;
-    cache_token(&app, &token).await;
-    let (_, warm) = scrape(&app).await;
-    assert!(app.me(&token).await["data"]["me"].is_object());
-    let (_, cached) = scrape(&app).await;
-    app.graphql("mutation { logout }", json!({}), Some(&token))
+    let failed: &[(&str, &str)] = &[("outcome", "invalid_credentials")];
+    let succeeded: &[(&str, &str)] = &[("outcome", "success")];
+    let database: &[(&str, &str)] = &[("path", "database")];
+    let cache: &[(&str, &str)] = &[("path", "cache")];
+    let refused: &[(&str, &str)] = &[("path", "refused")];
+    let invalid_token: &[(&str, &str)] = &[("path", "refused"), ("reason", "INVALID_TOKEN")];
+    let logout: &[(&str, &str)] = &[("kind", "logout")];
+    let query: &[(&str, &str)] = &[("operation", "query")];
+    let query_inf: &[(&str, &str)] = &[("operation", "query"), ("le", "+Inf")];
+    let mutation: &[(&str, &str)] = &[("operation", "mutation")];
+    let mutation_inf: &[(&str, &str)] = &[("operation", "mutation"), ("le", "+Inf")];
+    let graphql: &[(&str, &str)] = &[("route", "graphql")];
+    let other: &[(&str, &str)] = &[("route", "other")];
+
+    let (_, start) = scrape().await;
+
+    // A wrong password: one failed login, one mutation, no resolution.
+    let body = server
+        .graphql(login, json!({ "u": username, "p": wrong }), None)
         .await;
-    assert_eq!(error_reason(&app.me(&token).await), "INVALID_TOKEN");
-    app.client.get(app.url(&stray_path)).send().await.unwrap();
-    let (text, after) = scrape(&app).await;
-
-    let logins = "authql_logins_total";
-    let resolutions = "authql_token_resolutions_total";
-    let increased = |name: &str, labels: &[(&str, &str)], from: &[Sample], to: &[Sample]| {
-        let (was, is) = (metric(from, name, labels), metric(to, name, labels));
-        assert!(is > was, "{name}{labels:?} did not increase: {was} -> {is}");
-    };
-    increased(
-        logins,
-        &[("outcome", "invalid_credentials")],
-        &before,
-        &after,
-    );
-    increased(logins, &[("outcome", "success")], &before, &after);
-    increased(resolutions, &[("path", "cache")], &warm, &cached);
-    increased(resolutions, &[("path", "database")], &before, &after);
-    increased(
-        resolutions,
-        &[("path", "refused"), ("reason", "INVALID_TOKEN")],
-        &before,
-        &after,
-    );
-    increased(
-        "authql_revocations_total",
-        &[("kind", "logout")],
-        &before,
-        &after,
-    );
-    increased(
-        "authql_operation_duration_seconds_count",
-        &[("operation", "mutation")],
-        &before,
-        &after,
-    );
-    increased(
-        "authql_operation_duration_seconds_count",
-        &[("operation", "query")],
-        &before,
-        &after,
-    );
-    increased(
-        "authql_http_request_duration_seconds_count",
-        &[("route", "graphql")],
-        &before,
-        &after,
-    );
-    assert!(
-        after
-            .iter()
-            .any(|s| s.name == "authql_token_cache_entries" && s.value >= 0.0),
-        "no cache size gauge"
-    );
-    assert!(
-        text.contains("# TYPE authql_logins_total counter"),
-        "{text}"
-    );
-    assert!(
-        text.contains("# TYPE authql_operation_duration_seconds histogram"),
-        "{text}"
+    assert_eq!(error_code(&body), "INVALID_CREDENTIALS", "{body}");
+    let (_, after_failure) = scrape().await;
+    assert_changes(
+        "a failed login",
+        &start,
+        &after_failure,
+        &[
+            (LOGINS, failed, 1.0),
+            (LOGINS, succeeded, 0.0),
+            (LOGINS, &[], 1.0),
+            (RESOLUTIONS, &[], 0.0),
+            (OPERATIONS, mutation, 1.0),
+            (OPERATIONS_INF, mutation_inf, 1.0),
+            (OPERATIONS, query, 0.0),
+            (HTTP, graphql, 1.0),
+        ],
     );
 
-    // Label values come from fixed sets: nothing of the request leaks in.
+    // The right one: one successful login.
+    let body = server
+        .graphql(login, json!({ "u": username, "p": password }), None)
+        .await;
+    let token = body["data"]["login"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"))
+        .to_owned();
+    let (_, after_login) = scrape().await;
+    assert_changes(
+        "a successful login",
+        &after_failure,
+        &after_login,
+        &[
+            (LOGINS, succeeded, 1.0),
+            (LOGINS, failed, 0.0),
+            (LOGINS, &[], 1.0),
+            (RESOLUTIONS, &[], 0.0),
+            (OPERATIONS, mutation, 1.0),
+            (OPERATIONS, query, 0.0),
+            (HTTP, graphql, 1.0),
+        ],
+    );
+
+    // The new token's first use reads the database…
+    let body = server.graphql(me, json!({}), Some(&token)).await;
+    assert_eq!(body["data"]["me"]["username"], username.as_str(), "{body}");
+    let (_, after_first_me) = scrape().await;
+    assert_changes(
+        "the first me",
+        &after_login,
+        &after_first_me,
+        &[
+            (RESOLUTIONS, database, 1.0),
+            (RESOLUTIONS, cache, 0.0),
+            (RESOLUTIONS, refused, 0.0),
+            (OPERATIONS, query, 1.0),
+            (OPERATIONS_INF, query_inf, 1.0),
+            (OPERATIONS, mutation, 0.0),
+            (LOGINS, &[], 0.0),
+            (HTTP, graphql, 1.0),
+        ],
+    );
+
+    // …the second is served from the cache.
+    let body = server.graphql(me, json!({}), Some(&token)).await;
+    assert_eq!(body["data"]["me"]["username"], username.as_str(), "{body}");
+    let (_, after_cached_me) = scrape().await;
+    assert_changes(
+        "the second me",
+        &after_first_me,
+        &after_cached_me,
+        &[
+            (RESOLUTIONS, cache, 1.0),
+            (RESOLUTIONS, database, 0.0),
+            (RESOLUTIONS, refused, 0.0),
+            (OPERATIONS, query, 1.0),
+            (OPERATIONS, mutation, 0.0),
+            (HTTP, graphql, 1.0),
+        ],
+    );
+    let entries = total(&after_cached_me, "authql_token_cache_entries", &[]);
+    assert!(
+        entries >= 1.0,
+        "authql_token_cache_entries is {entries} after a cached me \
+         (it reads mini-moka's entry_count, which lags until the cache's housekeeping runs)"
+    );
+
+    // A logout revokes one token (resolved once, from the cache)…
+    let body = server
+        .graphql("mutation { logout }", json!({}), Some(&token))
+        .await;
+    assert_eq!(body["data"]["logout"], true, "{body}");
+    let (_, after_logout) = scrape().await;
+    assert_changes(
+        "a logout",
+        &after_cached_me,
+        &after_logout,
+        &[
+            (REVOCATIONS, logout, 1.0),
+            (REVOCATIONS, &[], 1.0),
+            (RESOLUTIONS, &[], 1.0),
+            (RESOLUTIONS, refused, 0.0),
+            (OPERATIONS, mutation, 1.0),
+            (OPERATIONS, query, 0.0),
+            (HTTP, graphql, 1.0),
+        ],
+    );
+
+    // …after which the token is refused.
+    let body = server.graphql(me, json!({}), Some(&token)).await;
+    assert_eq!(error_reason(&body), "INVALID_TOKEN", "{body}");
+    let (_, after_refusal) = scrape().await;
+    assert_changes(
+        "a me with a revoked token",
+        &after_logout,
+        &after_refusal,
+        &[
+            (RESOLUTIONS, invalid_token, 1.0),
+            (RESOLUTIONS, &[], 1.0),
+            (REVOCATIONS, &[], 0.0),
+            (OPERATIONS, query, 1.0),
+            (OPERATIONS, mutation, 0.0),
+            (HTTP, graphql, 1.0),
+        ],
+    );
+
+    // A path that is no route counts under a fixed label.
+    let response = server.client.get(server.url(&stray_path)).send().await;
+    assert_eq!(response.expect("an answer").status(), 404);
+    let (text, end) = scrape().await;
+    assert_changes(
+        "a stray path",
+        &after_refusal,
+        &end,
+        &[(HTTP, other, 1.0), (HTTP, graphql, 0.0)],
+    );
+
+    // Over the whole run: three queries, three mutations, six requests.
+    assert_changes(
+        "the whole run",
+        &start,
+        &end,
+        &[
+            (OPERATIONS, query, 3.0),
+            (OPERATIONS, mutation, 3.0),
+            (OPERATIONS, &[], 6.0),
+            (HTTP, graphql, 6.0),
+        ],
+    );
+    for family in [
+        "# TYPE authql_logins_total counter",
+        "# TYPE authql_token_resolutions_total counter",
+        "# TYPE authql_revocations_total counter",
+        "# TYPE authql_token_cache_entries gauge",
+        "# TYPE authql_operation_duration_seconds histogram",
+        "# TYPE authql_http_request_duration_seconds histogram",
+    ] {
+        assert!(text.contains(family), "no {family:?} in {text}");
+    }
+
+    // Label values come from fixed sets: nothing of the requests leaks in.
     for secret in [
-        user.username.as_str(),
-        user.password.as_str(),
+        username.as_str(),
+        password.as_str(),
         wrong.as_str(),
         token.as_str(),
         &stray_path[1..],
     ] {
         assert!(!text.contains(secret), "/metrics contains {secret:?}");
     }
+    let (status, log) = server.stop().await;
+    assert!(status.success(), "exit status {status}: {log:?}");
 }
 
 #[test]
