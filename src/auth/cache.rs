@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use mini_moka::sync::Cache;
+use mini_moka::sync::{Cache, ConcurrentCacheExt as _};
 
 use super::tokens::TokenDigest;
 use super::Principal;
@@ -212,9 +212,14 @@ impl TokenCache {
         self.inner.entries.as_ref()
     }
 
-    /// Entries held now (approximate; for metrics).
+    /// Entries held now, for metrics. mini-moka counts lazily, during its
+    /// housekeeping, so run that first (off the request path: only the
+    /// metrics scrape asks).
     pub fn len(&self) -> u64 {
-        self.inner.entries.as_ref().map_or(0, Cache::entry_count)
+        self.inner.entries.as_ref().map_or(0, |entries| {
+            entries.sync();
+            entries.entry_count()
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -376,6 +381,20 @@ mod tests {
             now,
         );
         assert!(!hit(cache.get(&digest, now)));
+    }
+
+    #[test]
+    fn the_entry_count_is_current_even_after_an_idle_spell() {
+        let cache = TokenCache::new(10, Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(600));
+        let now = Utc::now();
+        cache.insert(
+            Token::generate().digest(),
+            principal(1, now + chrono::Duration::hours(1)),
+            cache.generation(),
+            now,
+        );
+        assert_eq!(cache.len(), 1);
     }
 
     #[test]
