@@ -94,7 +94,8 @@ impl TokenCache {
         }
     }
 
-    pub fn is_enabled(&self) -> bool {
+    #[cfg(test)]
+    fn is_enabled(&self) -> bool {
         self.inner.entries.is_some()
     }
 

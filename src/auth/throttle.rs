@@ -223,8 +223,9 @@ impl LoginThrottle {
         self.inner.per_username.shrink_to_fit();
     }
 
-    /// Keys held by the in-memory limiters (for tests and metrics).
-    pub fn tracked_keys(&self) -> usize {
+    /// Keys held by the in-memory limiters.
+    #[cfg(test)]
+    fn tracked_keys(&self) -> usize {
         self.inner.per_ip.len() + self.inner.per_username.len()
     }
 }
