@@ -128,6 +128,20 @@ impl TestApp {
         (status, body)
     }
 
+    /// POSTs a GraphQL request with one extra header; returns the JSON body.
+    pub async fn post_with_header(&self, body: Value, name: &str, value: &str) -> Value {
+        self.client
+            .post(self.url("/graphql"))
+            .header(name, value)
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent")
+            .json()
+            .await
+            .expect("a JSON body")
+    }
+
     /// Runs one operation; returns the JSON body.
     pub async fn graphql(&self, query: &str, variables: Value, token: Option<&str>) -> Value {
         let (status, body) = self

@@ -28,20 +28,13 @@ async fn sessions_are_listed_newest_first_with_the_current_one_marked() {
 async fn the_user_agent_is_stored_with_the_session() {
     let app = spawn_app().await;
     let user = app.create_user().await;
-    let body: serde_json::Value = app
-        .client
-        .post(app.url("/graphql"))
-        .header("User-Agent", "AuthqlTests/1.0 (phone)")
-        .json(&json!({
-            "query": "mutation($u: String!, $p: String!) { login(username: $u, password: $p) { token } }",
-            "variables": { "u": user.username, "p": user.password }
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let login = json!({
+        "query": "mutation($u: String!, $p: String!) { login(username: $u, password: $p) { token } }",
+        "variables": { "u": user.username, "p": user.password }
+    });
+    let body = app
+        .post_with_header(login, "User-Agent", "AuthqlTests/1.0 (phone)")
+        .await;
     let token = body["data"]["login"]["token"].as_str().unwrap();
 
     let sessions = app.graphql(SESSIONS, json!({}), Some(token)).await;

@@ -18,34 +18,26 @@ async fn the_token_keyword_of_django_rest_framework_is_accepted() {
     let user = app.create_user().await;
     let token = app.login(&user).await;
 
-    let body: serde_json::Value = app
-        .client
-        .post(app.url("/graphql"))
-        .header("Authorization", format!("Token {token}"))
-        .json(&json!({ "query": "{ me { username } }" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = app
+        .post_with_header(
+            json!({ "query": "{ me { username } }" }),
+            "Authorization",
+            &format!("Token {token}"),
+        )
+        .await;
     assert_eq!(body["data"]["me"]["username"], user.username.as_str());
 }
 
 #[tokio::test]
 async fn an_unknown_scheme_is_an_invalid_token() {
     let app = spawn_app().await;
-    let body: serde_json::Value = app
-        .client
-        .post(app.url("/graphql"))
-        .header("Authorization", "Basic YWxpY2U6c2VjcmV0")
-        .json(&json!({ "query": "{ me { id } }" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = app
+        .post_with_header(
+            json!({ "query": "{ me { id } }" }),
+            "Authorization",
+            "Basic YWxpY2U6c2VjcmV0",
+        )
+        .await;
     assert_eq!(error_reason(&body), "INVALID_TOKEN");
 }
 
