@@ -1,18 +1,45 @@
-//! Parsed GraphQL documents, kept by query text. Clients send the same few
-//! documents over and over, and parsing is about half the work of a cached
-//! `me` (see bench/RESULTS.md). A document from here still goes through
-//! every check: async-graphql runs the `parse_query` extension hook (our
-//! alias limit), depth and complexity validation on it as on a fresh one.
+//! Checking and parsing GraphQL documents, and keeping the parsed ones that
+//! passed validation, by query text.
+//!
+//! Every document reaches async-graphql already parsed by [`DocumentCache::check`],
+//! so no text is parsed without first passing the bounds of
+//! [`super::shape`]. Clients send the same few documents over and over, and
+//! parsing is about half the work of a cached `me` (see bench/RESULTS.md):
+//! a document that validated is kept and later requests skip the parse. A
+//! kept document still goes through every check: async-graphql validates it
+//! (depth, complexity) on every request as on a fresh one.
+//!
+//! Only documents that passed validation are kept, each weighed by an upper
+//! bound of its memory ([`weight`]), within [`BUDGET_BYTES`]: a stream of
+//! distinct hostile documents, all refused, leaves nothing behind.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use async_graphql::parser::types::ExecutableDocument;
-use mini_moka::sync::Cache;
+use async_graphql::parser::types::{ExecutableDocument, OperationType};
+use mini_moka::sync::{Cache, ConcurrentCacheExt as _};
 
-/// Documents kept at once.
-const CAPACITY: u64 = 1_000;
+use super::shape::{self, Refused};
+
+/// Memory the kept documents may take, as weighed by [`weight`].
+pub const BUDGET_BYTES: u64 = 8 * 1024 * 1024;
 /// Longer query texts are parsed every time rather than kept.
-const MAX_QUERY_BYTES: usize = 4 * 1024;
+pub const MAX_KEPT_QUERY_BYTES: usize = 4 * 1024;
+/// Bytes of parsed document per byte of text, at most. Measured by the
+/// `document_weight` test over hostile shapes (long lists, many small
+/// fields, deep objects); the worst seen is below this.
+const BYTES_PER_TEXT_BYTE: u32 = 160;
+/// What every kept entry costs besides its text: the key, the `Arc`, the
+/// cache's own bookkeeping.
+const ENTRY_OVERHEAD: u32 = 512;
+
+/// An upper bound of the memory a kept document of `text` takes.
+pub fn weight(text: &str) -> u32 {
+    let text_len = u32::try_from(text.len()).unwrap_or(u32::MAX);
+    text_len
+        .saturating_mul(BYTES_PER_TEXT_BYTE + 1)
+        .saturating_add(ENTRY_OVERHEAD)
+}
 
 #[derive(Clone)]
 pub struct DocumentCache {
@@ -21,28 +48,173 @@ pub struct DocumentCache {
 
 impl Default for DocumentCache {
     fn default() -> Self {
-        Self {
-            documents: Cache::new(CAPACITY),
-        }
+        Self::with_budget(BUDGET_BYTES)
+    }
+}
+
+/// A document that passed the bounds, ready to execute.
+pub struct Checked {
+    document: Arc<ExecutableDocument>,
+    /// The text, when the document was parsed now and may be kept once it
+    /// validates.
+    keep_as: Option<String>,
+}
+
+impl Checked {
+    /// True when the operation that would run is a mutation.
+    pub fn selects_mutation(&self, operation_name: Option<&str>) -> bool {
+        self.document.operations.iter().any(|(name, op)| {
+            op.node.ty == OperationType::Mutation
+                && (operation_name.is_none() || name.map(|n| n.as_str()) == operation_name)
+        })
+    }
+
+    /// The parsed document, for async-graphql (which takes ownership).
+    pub fn document(&self) -> ExecutableDocument {
+        ExecutableDocument::clone(&self.document)
+    }
+}
+
+/// Set by the validation hook (see `super::limits`) when a request's
+/// document passed async-graphql's validation.
+#[derive(Clone, Default)]
+pub struct Validated(Arc<AtomicBool>);
+
+impl Validated {
+    pub fn mark(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
     }
 }
 
 impl DocumentCache {
-    /// Gives `request` its parsed document, from here or parsed now and
-    /// kept. A text that does not parse is left to the executor, which
-    /// reports why.
-    pub fn prepare(&self, request: &mut async_graphql::Request) {
-        if request.query.len() > MAX_QUERY_BYTES {
-            return;
+    pub fn with_budget(bytes: u64) -> Self {
+        Self {
+            documents: Cache::builder()
+                .max_capacity(bytes)
+                .weigher(|text: &String, _| weight(text))
+                .build(),
         }
-        if let Some(document) = self.documents.get(&request.query) {
-            request.set_parsed_query(ExecutableDocument::clone(&document));
-            return;
+    }
+
+    /// The parsed document of `text`, kept or parsed now, once the text and
+    /// the document passed every bound of [`shape`].
+    ///
+    /// # Errors
+    /// The bound that refused it, or the parser's error (reported by line
+    /// and column only: the parser's message quotes the source line, which
+    /// may hold a password typed into the document).
+    // `&String`, not `&str`: mini-moka looks keys up through `Arc<String>`,
+    // which borrows as `String` only.
+    #[allow(clippy::ptr_arg)]
+    pub fn check(&self, text: &String) -> Result<Checked, Refused> {
+        if let Some(document) = self.documents.get(text) {
+            return Ok(Checked {
+                document,
+                keep_as: None,
+            });
         }
-        if let Ok(document) = async_graphql::parser::parse_query(&request.query) {
-            self.documents
-                .insert(request.query.clone(), Arc::new(document.clone()));
-            request.set_parsed_query(document);
+        shape::check_nesting(text)?;
+        let document = async_graphql::parser::parse_query(text).map_err(|err| {
+            let at = err.positions().next();
+            Refused {
+                reason: "GRAPHQL_PARSE_FAILED",
+                message: match at {
+                    Some(at) => format!("syntax error at line {}, column {}", at.line, at.column),
+                    None => "syntax error".to_owned(),
+                },
+            }
+        })?;
+        shape::measure(&document)?;
+        Ok(Checked {
+            document: Arc::new(document),
+            keep_as: (text.len() <= MAX_KEPT_QUERY_BYTES).then(|| text.clone()),
+        })
+    }
+
+    /// Keeps `checked` for later requests when it was parsed now and its
+    /// request passed validation.
+    pub fn keep_if_valid(&self, checked: Checked, validated: &Validated) {
+        if let Some(text) = checked.keep_as {
+            if validated.is_set() {
+                self.documents.insert(text, checked.document);
+            }
         }
+    }
+
+    /// How many documents are kept (after pending housekeeping).
+    pub fn len(&self) -> u64 {
+        self.documents.sync();
+        self.documents.entry_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The summed weight of the kept documents.
+    pub fn weighed_bytes(&self) -> u64 {
+        self.documents.sync();
+        self.documents.weighted_size()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_document_is_kept_only_once_validated() {
+        let cache = DocumentCache::default();
+        let checked = cache.check(&"{ me { id } }".to_owned()).unwrap();
+        cache.keep_if_valid(checked, &Validated::default());
+        assert!(cache.is_empty());
+        let checked = cache.check(&"{ me { id } }".to_owned()).unwrap();
+        let validated = Validated::default();
+        validated.mark();
+        cache.keep_if_valid(checked, &validated);
+        assert_eq!(cache.len(), 1);
+        assert!(cache
+            .check(&"{ me { id } }".to_owned())
+            .unwrap()
+            .keep_as
+            .is_none());
+    }
+
+    #[test]
+    fn the_budget_bounds_what_is_kept() {
+        let cache = DocumentCache::with_budget(64 * 1024);
+        let validated = Validated::default();
+        validated.mark();
+        for i in 0..1000 {
+            let text = format!("{{ me {{ id username email }} a{i}: sessions {{ id }} }}");
+            cache.keep_if_valid(cache.check(&text).unwrap(), &validated);
+        }
+        assert!(cache.weighed_bytes() <= 64 * 1024);
+        assert!(!cache.is_empty());
+    }
+
+    #[test]
+    fn parse_errors_do_not_quote_the_document() {
+        let refused = DocumentCache::default()
+            .check(&"{ login(username: \"a\", password: \"hunter2-secret\" }".to_owned())
+            .err()
+            .expect("refused");
+        assert_eq!(refused.reason, "GRAPHQL_PARSE_FAILED");
+        assert!(!refused.message.contains("hunter2"));
+    }
+
+    #[test]
+    fn mutations_are_told_apart() {
+        let cache = DocumentCache::default();
+        let doc = cache
+            .check(&"query Q { me { id } } mutation M { logout }".to_owned())
+            .unwrap();
+        assert!(doc.selects_mutation(None));
+        assert!(doc.selects_mutation(Some("M")));
+        assert!(!doc.selects_mutation(Some("Q")));
     }
 }

@@ -1,21 +1,22 @@
-//! An async-graphql extension that refuses documents with too many aliases
-//! (one request could otherwise carry hundreds of fields) and records each
-//! operation's latency by its type.
+//! An async-graphql extension that records each operation's latency by its
+//! type and tells the document cache which documents validated.
+//!
+//! The bounds on a document's shape (nesting, aliases, fragments, depth and
+//! complexity with fragments expanded) are checked before async-graphql
+//! sees it, in `super::shape`; async-graphql's own depth and complexity
+//! limits stay on as a second line.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery,
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextValidation,
 };
-use async_graphql::parser::types::{
-    DocumentOperations, ExecutableDocument, OperationType, Selection, SelectionSet,
-};
-use async_graphql::{Response, ServerError, ServerResult, Variables};
+use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationType};
+use async_graphql::{Response, ServerError, ServerResult, ValidationResult, Variables};
 
-/// Most aliases in one document.
-pub const MAX_ALIASES: usize = 32;
+use super::documents::Validated;
 
 pub struct RequestLimits;
 
@@ -40,25 +41,7 @@ impl Extension for PerRequest {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
-        // The parser's message quotes the offending source line, which may
-        // hold a password typed into the document: report only where.
-        let document = next.run(ctx, query, variables).await.map_err(|mut err| {
-            err.message = match err.locations.first() {
-                Some(at) => format!("syntax error at line {}, column {}", at.line, at.column),
-                None => "syntax error".to_owned(),
-            };
-            err.extensions = Some(limit_extensions("GRAPHQL_PARSE_FAILED"));
-            err
-        })?;
-        let aliases = count_aliases(&document);
-        if aliases > MAX_ALIASES {
-            let mut err = ServerError::new(
-                format!("the document has {aliases} aliases; at most {MAX_ALIASES} are allowed"),
-                None,
-            );
-            err.extensions = Some(limit_extensions("TOO_MANY_ALIASES"));
-            return Err(err);
-        }
+        let document = next.run(ctx, query, variables).await?;
         let kind = match &document.operations {
             DocumentOperations::Single(op) => op.node.ty,
             DocumentOperations::Multiple(ops) => match ops.values().next() {
@@ -75,6 +58,18 @@ impl Extension for PerRequest {
             Ordering::Relaxed,
         );
         Ok(document)
+    }
+
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        let result = next.run(ctx).await?;
+        if let Some(validated) = ctx.data_opt::<Validated>() {
+            validated.mark();
+        }
+        Ok(result)
     }
 
     async fn execute(
@@ -102,31 +97,4 @@ pub fn limit_extensions(reason: &str) -> async_graphql::ErrorExtensionValues {
     extensions.set("code", "BAD_USER_INPUT");
     extensions.set("reasons", vec![reason.to_owned()]);
     extensions
-}
-
-fn count_aliases(document: &ExecutableDocument) -> usize {
-    let in_operations: usize = document
-        .operations
-        .iter()
-        .map(|(_, op)| aliases_in(&op.node.selection_set.node))
-        .sum();
-    let in_fragments: usize = document
-        .fragments
-        .values()
-        .map(|f| aliases_in(&f.node.selection_set.node))
-        .sum();
-    in_operations + in_fragments
-}
-
-fn aliases_in(set: &SelectionSet) -> usize {
-    set.items
-        .iter()
-        .map(|item| match &item.node {
-            Selection::Field(field) => {
-                usize::from(field.node.alias.is_some()) + aliases_in(&field.node.selection_set.node)
-            }
-            Selection::InlineFragment(fragment) => aliases_in(&fragment.node.selection_set.node),
-            Selection::FragmentSpread(_) => 0,
-        })
-        .sum()
 }

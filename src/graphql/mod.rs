@@ -6,22 +6,19 @@ pub mod documents;
 pub mod limits;
 pub mod mutation;
 pub mod query;
+pub mod shape;
 pub mod types;
 
-use async_graphql::{EmptySubscription, Schema};
+use async_graphql::{EmptySubscription, Schema, ServerError};
 
 pub use context::RequestContext;
-pub use documents::DocumentCache;
+use documents::Validated;
+pub use documents::{Checked, DocumentCache};
 use mutation::Mutation;
 use query::Query;
+pub use shape::{MAX_ALIASES, MAX_COMPLEXITY, MAX_DEPTH, MAX_NESTING};
 
 pub type AuthqlSchema = Schema<Query, Mutation, EmptySubscription>;
-
-/// Deepest selection accepted. Our own types nest three deep; GraphiQL's
-/// introspection query needs about thirteen.
-pub const MAX_DEPTH: usize = 16;
-/// Most fields (weighted) in one operation; introspection needs ~200.
-pub const MAX_COMPLEXITY: usize = 500;
 
 /// The schema as served, printed by `authql schema`, and tested.
 pub fn build_schema(introspection: bool) -> AuthqlSchema {
@@ -42,4 +39,41 @@ pub fn build_schema(introspection: bool) -> AuthqlSchema {
 /// The SDL of the schema.
 pub fn sdl() -> String {
     build_schema(true).sdl()
+}
+
+/// Runs one request: its document is checked against every bound and
+/// parsed by [`DocumentCache::check`] first, so async-graphql never parses
+/// or validates an unchecked text. This is the one entry point of every
+/// transport (POST, GET, each request of a batch).
+pub async fn execute(
+    schema: &AuthqlSchema,
+    documents: &DocumentCache,
+    request: async_graphql::Request,
+) -> async_graphql::Response {
+    match documents.check(&request.query) {
+        Ok(checked) => execute_checked(schema, documents, request, checked).await,
+        Err(refused) => refusal(refused),
+    }
+}
+
+/// [`execute`] for a document the caller checked already (GET looks at it
+/// to refuse mutations).
+pub async fn execute_checked(
+    schema: &AuthqlSchema,
+    documents: &DocumentCache,
+    mut request: async_graphql::Request,
+    checked: Checked,
+) -> async_graphql::Response {
+    let validated = Validated::default();
+    request.set_parsed_query(checked.document());
+    let response = schema.execute(request.data(validated.clone())).await;
+    documents.keep_if_valid(checked, &validated);
+    response
+}
+
+/// A document refused by a bound, as a GraphQL response.
+pub fn refusal(refused: shape::Refused) -> async_graphql::Response {
+    let mut error = ServerError::new(refused.message, None);
+    error.extensions = Some(limits::limit_extensions(refused.reason));
+    async_graphql::Response::from_errors(vec![error])
 }
