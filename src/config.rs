@@ -139,6 +139,16 @@ pub struct Settings {
     /// Log format.
     #[arg(long, env = "AUTHQL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+
+    /// Most client connections open at once; more are closed on arrival.
+    #[arg(long, env = "AUTHQL_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000), global = true)]
+    pub max_connections: u32,
+
+    /// Seconds a client has to send a request's headers; also how long an
+    /// idle kept-alive connection stays open.
+    #[arg(long, env = "AUTHQL_HEADER_READ_TIMEOUT", default_value = "10", value_parser = parse_seconds, global = true)]
+    pub header_read_timeout: Duration,
 }
 
 impl Settings {

@@ -63,6 +63,10 @@ fn describe() {
         "authql_http_request_duration_seconds",
         "HTTP request latency by route."
     );
+    metrics::describe_counter!(
+        "authql_connections_refused_total",
+        "Connections closed on arrival because --max-connections were open."
+    );
 }
 
 pub fn login(outcome: &'static str) {
@@ -100,4 +104,8 @@ pub fn operation_latency(kind: &'static str, elapsed: Duration) {
 pub fn http_latency(route: &'static str, elapsed: Duration) {
     metrics::histogram!("authql_http_request_duration_seconds", "route" => route)
         .record(elapsed.as_secs_f64());
+}
+
+pub fn connection_refused() {
+    metrics::counter!("authql_connections_refused_total").increment(1);
 }

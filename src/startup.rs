@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use poem::listener::{Acceptor as _, TcpAcceptor};
-use poem::Server;
 use sea_orm::{ConnectionTrait as _, DbBackend};
 
 use crate::auth::{listener, sweeper, AuthService};
@@ -18,13 +16,14 @@ use crate::config::Settings;
 use crate::state::AppState;
 use crate::{db, graphql, http, metrics};
 
-/// A connection with no activity for this long is closed.
+/// A connection that reads and writes nothing for this long is closed
+/// (above the longest a request may run, see `http::graphql`).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait for requests in flight once shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 pub struct App {
-    acceptor: TcpAcceptor,
+    listener: tokio::net::TcpListener,
     state: AppState,
     settings: Settings,
 }
@@ -61,21 +60,15 @@ impl App {
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {} (--listen)", settings.listen))?;
-        let acceptor =
-            TcpAcceptor::from_tokio(listener).context("cannot use the listening socket")?;
         Ok(Self {
-            acceptor,
+            listener,
             state,
             settings,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.acceptor
-            .local_addr()
-            .first()
-            .and_then(|addr| addr.as_socket_addr().copied())
-            .unwrap_or(self.settings.listen)
+        self.listener.local_addr().unwrap_or(self.settings.listen)
     }
 
     pub fn state(&self) -> &AppState {
@@ -105,10 +98,13 @@ impl App {
             )));
         }
         let app = http::routes(self.state, &self.settings.cors_origins);
-        let served = Server::new_with_acceptor(self.acceptor)
-            .idle_timeout(IDLE_TIMEOUT)
-            .run_with_graceful_shutdown(app, shutdown, Some(SHUTDOWN_GRACE))
-            .await;
+        let limits = http::server::ConnectionLimits {
+            max_connections: self.settings.max_connections as usize,
+            header_read_timeout: self.settings.header_read_timeout,
+            idle_timeout: IDLE_TIMEOUT,
+        };
+        let served =
+            http::server::serve(self.listener, app, limits, shutdown, SHUTDOWN_GRACE).await;
         for task in background {
             task.abort();
         }

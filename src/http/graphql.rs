@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use async_graphql::parser::types::OperationType;
 use async_graphql::{BatchRequest, BatchResponse, ServerError, Variables};
 use async_graphql_poem::{GraphQLBatchResponse, GraphQLResponse};
 use poem::http::{header, StatusCode};
@@ -14,7 +13,7 @@ use serde::Deserialize;
 
 use super::client_ip::{client_info, credential};
 use crate::graphql::limits::limit_extensions;
-use crate::graphql::RequestContext;
+use crate::graphql::{self, RequestContext};
 use crate::state::AppState;
 
 /// Largest request body accepted.
@@ -63,7 +62,7 @@ pub async fn post(req: &Request, body: Body, Data(state): Data<&AppState>) -> Re
             )
         }
     };
-    let Some(mut batch) = parse_batch(&bytes) else {
+    let Some(batch) = parse_batch(&bytes) else {
         return refusal(
             StatusCode::BAD_REQUEST,
             "the body is not a GraphQL request: expected a JSON object with a \"query\" string, or an array of them",
@@ -82,14 +81,23 @@ pub async fn post(req: &Request, body: Body, Data(state): Data<&AppState>) -> Re
             );
         }
     }
-    batch
-        .iter_mut()
-        .for_each(|request| state.documents.prepare(request));
     let context = request_context(req, state);
-    let execution = tokio::time::timeout(
-        EXECUTION_TIMEOUT,
-        state.schema.execute_batch(batch.data(context)),
-    );
+    let batch = batch.data(context);
+    let execution = tokio::time::timeout(EXECUTION_TIMEOUT, async {
+        match batch {
+            BatchRequest::Single(request) => BatchResponse::Single(
+                graphql::execute(&state.schema, &state.documents, request).await,
+            ),
+            BatchRequest::Batch(requests) => {
+                let mut responses = Vec::with_capacity(requests.len());
+                for request in requests {
+                    responses
+                        .push(graphql::execute(&state.schema, &state.documents, request).await);
+                }
+                BatchResponse::Batch(responses)
+            }
+        }
+    });
     let Ok(mut response) = execution.await else {
         return timed_out();
     };
@@ -144,12 +152,15 @@ pub async fn get(req: &Request, Data(state): Data<&AppState>) -> Response {
             "MALFORMED_REQUEST",
         );
     };
-    let mut request = async_graphql::Request::new(query);
-    if let Some(name) = params.operation_name {
-        request = request.operation_name(name);
-    }
-    state.documents.prepare(&mut request);
-    if selects_mutation(&mut request) {
+    let checked = match state.documents.check(&query) {
+        Ok(checked) => checked,
+        Err(refused) => {
+            let mut response = graphql::refusal(refused);
+            label_errors(&mut response.errors);
+            return GraphQLResponse(response).into_response();
+        }
+    };
+    if checked.selects_mutation(params.operation_name.as_deref()) {
         let mut response = refusal(
             StatusCode::METHOD_NOT_ALLOWED,
             "mutations are accepted over POST only",
@@ -159,6 +170,10 @@ pub async fn get(req: &Request, Data(state): Data<&AppState>) -> Response {
             .headers_mut()
             .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
         return response;
+    }
+    let mut request = async_graphql::Request::new(query);
+    if let Some(name) = params.operation_name {
+        request = request.operation_name(name);
     }
     request.variables = match params
         .variables
@@ -175,11 +190,10 @@ pub async fn get(req: &Request, Data(state): Data<&AppState>) -> Response {
             )
         }
     };
+    let request = request.data(request_context(req, state));
     let execution = tokio::time::timeout(
         EXECUTION_TIMEOUT,
-        state
-            .schema
-            .execute(request.data(request_context(req, state))),
+        graphql::execute_checked(&state.schema, &state.documents, request, checked),
     );
     let Ok(mut response) = execution.await else {
         return timed_out();
@@ -209,19 +223,6 @@ fn accepts_html(req: &Request) -> bool {
         .is_some_and(|accept| accept.contains("text/html"))
 }
 
-/// True when the operation that would run is a mutation. A document that
-/// does not parse is left to the executor, which reports why.
-fn selects_mutation(request: &mut async_graphql::Request) -> bool {
-    let operation_name = request.operation_name.clone();
-    let Ok(document) = request.parsed_query() else {
-        return false;
-    };
-    document.operations.iter().any(|(name, op)| {
-        op.node.ty == OperationType::Mutation
-            && (operation_name.is_none() || name.map(|n| n.as_str()) == operation_name.as_deref())
-    })
-}
-
 /// Gives every error without a code (those async-graphql raises itself
 /// while parsing and validating) `BAD_USER_INPUT` and a reason. Errors from
 /// resolvers carry their own codes already.
@@ -234,11 +235,13 @@ fn label_errors(errors: &mut [ServerError]) {
         if has_code {
             continue;
         }
-        let reason = match error.message.as_str() {
-            "Query is nested too deep." => "QUERY_TOO_DEEP",
-            "Query is too complex." => "QUERY_TOO_COMPLEX",
-            _ if error.path.is_empty() => "GRAPHQL_VALIDATION_FAILED",
-            _ => "INVALID_ARGUMENT",
+        // The shape bounds (depth, complexity, aliases) are checked before
+        // async-graphql runs, so what is left here is validation proper
+        // (no path) or an argument refused while executing (a path).
+        let reason = if error.path.is_empty() {
+            "GRAPHQL_VALIDATION_FAILED"
+        } else {
+            "INVALID_ARGUMENT"
         };
         error.extensions = Some(limit_extensions(reason));
     }

@@ -2,6 +2,7 @@
 
 pub mod client_ip;
 pub mod graphql;
+pub mod server;
 
 use std::time::{Duration, Instant};
 

@@ -2,12 +2,15 @@
 //! GraphQL over HTTP.
 
 mod helpers;
+mod process;
 
 mod cache;
 mod captcha;
 mod change_password;
 mod cli;
 mod cors;
+mod fuzz;
+mod hostile;
 mod http;
 mod instances;
 mod login;
