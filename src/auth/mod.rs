@@ -642,10 +642,12 @@ impl AuthService {
             .collect())
     }
 
-    /// Revokes the token of this request.
+    /// Revokes the token of this request. Never answers `false`: a session
+    /// revoked since the request began is refused as `INVALID_TOKEN`, the
+    /// answer the same token gets on its next request.
     ///
     /// # Errors
-    /// A database error.
+    /// `Unauthenticated` when the session is gone, or a database error.
     pub async fn logout(
         &self,
         principal: &Principal,
@@ -653,8 +655,8 @@ impl AuthService {
     ) -> Result<bool, AuthError> {
         let revoked = self
             .revoker
-            .revoke(
-                principal.user.id,
+            .revoke_on_behalf_of(
+                principal,
                 Some(auth_token::Column::Id.eq(principal.session_id)),
             )
             .await?;
@@ -672,13 +674,14 @@ impl AuthService {
     /// Revokes every token of the user; returns how many.
     ///
     /// # Errors
-    /// A database error.
+    /// `Unauthenticated` when this request's session was revoked since it
+    /// began, or a database error.
     pub async fn logout_all(
         &self,
         principal: &Principal,
         client: &ClientInfo,
     ) -> Result<u64, AuthError> {
-        let revoked = self.revoker.revoke(principal.user.id, None).await?;
+        let revoked = self.revoker.revoke_on_behalf_of(principal, None).await?;
         audit!(
             "logout_all",
             client,
@@ -693,7 +696,8 @@ impl AuthService {
     /// Revokes every token of the user but this request's; returns how many.
     ///
     /// # Errors
-    /// A database error.
+    /// `Unauthenticated` when this request's session was revoked since it
+    /// began, or a database error.
     pub async fn logout_others(
         &self,
         principal: &Principal,
@@ -701,8 +705,8 @@ impl AuthService {
     ) -> Result<u64, AuthError> {
         let revoked = self
             .revoker
-            .revoke(
-                principal.user.id,
+            .revoke_on_behalf_of(
+                principal,
                 Some(auth_token::Column::Id.ne(principal.session_id)),
             )
             .await?;
@@ -720,7 +724,9 @@ impl AuthService {
     /// Revokes one of the user's sessions by id.
     ///
     /// # Errors
-    /// `NotFound` when the id is not one of the user's sessions.
+    /// `NotFound` when the id is not one of the user's sessions,
+    /// `Unauthenticated` when this request's session was revoked since it
+    /// began.
     pub async fn revoke_session(
         &self,
         principal: &Principal,
@@ -730,7 +736,7 @@ impl AuthService {
         let id: i64 = id.parse().map_err(|_| AuthError::NotFound)?;
         let revoked = self
             .revoker
-            .revoke(principal.user.id, Some(auth_token::Column::Id.eq(id)))
+            .revoke_on_behalf_of(principal, Some(auth_token::Column::Id.eq(id)))
             .await?;
         if revoked == 0 {
             return Err(AuthError::NotFound);
@@ -751,7 +757,9 @@ impl AuthService {
     ///
     /// # Errors
     /// `InvalidCredentials` (counted by the account backoff), `RateLimited`,
-    /// `BadUserInput` with every failed policy rule, or an internal error.
+    /// `BadUserInput` with every failed policy rule, `Unauthenticated` when
+    /// this request's session was revoked since it began, or an internal
+    /// error.
     pub async fn change_password(
         &self,
         principal: &Principal,
@@ -760,11 +768,14 @@ impl AuthService {
         client: &ClientInfo,
     ) -> Result<Issued, AuthError> {
         let now = self.clock.now();
+        // A session revoked since the request began (or a user deactivated,
+        // which revokes too) is refused before any password is checked.
         let account = user::Entity::find_by_id(principal.user.id)
+            .filter(user::Column::IsActive.eq(true))
+            .filter(revocation::session_alive(principal))
             .one(&self.db)
             .await?
-            .filter(|a| a.is_active)
-            .ok_or_else(invalid_token)?;
+            .ok_or_else(|| self.revoker.session_gone(principal))?;
         // The same limits as login: a stolen token must not be an
         // unthrottled password oracle.
         if let Err((limit, err)) = self.throttle.check(client.ip, &account.username) {
@@ -807,6 +818,8 @@ impl AuthService {
         };
         let hash = self.hasher.hash(&new).await.map_err(hashing_error)?;
 
+        // The session may have been revoked during the hashing: the update
+        // and the revocation each run only while it exists.
         let txn = self.db.begin().await?;
         let changed = user::Entity::update_many()
             .col_expr(user::Column::PasswordHash, Expr::value(hash.as_str()))
@@ -817,14 +830,20 @@ impl AuthService {
             )
             .filter(user::Column::Id.eq(account.id))
             .filter(user::Column::PasswordHash.eq(account.password_hash.as_str()))
+            .filter(revocation::session_alive(principal))
             .exec(&txn)
             .await?
             .rows_affected;
         if changed == 0 {
+            if !revocation::is_alive(&txn, principal).await? {
+                return Err(self.revoker.session_gone(principal));
+            }
             // Another change won the race; this one's old password is stale.
             return Err(AuthError::InvalidCredentials);
         }
-        let revoked = revocation::revoke_in(&txn, account.id, None).await?;
+        let Some(revoked) = revocation::revoke_in_on_behalf_of(&txn, principal, None).await? else {
+            return Err(self.revoker.session_gone(principal));
+        };
         let account = user::Model {
             password_hash: hash,
             failed_logins: 0,

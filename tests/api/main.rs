@@ -14,5 +14,6 @@ mod login;
 mod observability;
 mod schema;
 mod sessions;
+mod stale_request;
 mod throttle;
 mod tokens;
