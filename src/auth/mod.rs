@@ -34,7 +34,7 @@ use passwords::{NewPassword, Password, PasswordHasher, PasswordPolicy};
 use revocation::Revoker;
 use throttle::LoginThrottle;
 use tokens::{Token, TokenDigest};
-use username::Username;
+use username::{Username, UsernameHasher};
 
 /// Compare-and-set rounds before an attempt under heavy contention gives up.
 const RESERVE_ATTEMPTS: usize = 5;
@@ -105,6 +105,16 @@ pub struct Issued {
     pub user: User,
 }
 
+/// Whom a login attempt named, as its log lines show it: always the keyed
+/// hash of the name (one name, one hash, across the lines of this process),
+/// and the account when the name is one. Never the typed text: a name
+/// matching no account may be a password typed into the wrong field.
+struct Attempted<'a> {
+    username_hash: &'a str,
+    user_id: Option<i64>,
+    username: Option<&'a str>,
+}
+
 /// What the transport layer knows about the caller.
 #[derive(Clone, Debug, Default)]
 pub struct ClientInfo {
@@ -146,6 +156,7 @@ pub struct AuthService {
     policy: PasswordPolicy,
     throttle: LoginThrottle,
     captcha: Option<CaptchaVerifier>,
+    usernames_logged: UsernameHasher,
     clock: Clock,
     token_ttl: chrono::Duration,
     max_sessions_per_user: u32,
@@ -168,6 +179,7 @@ impl AuthService {
             },
             throttle: LoginThrottle::new(settings.login_rate),
             captcha: CaptchaVerifier::from_settings(settings)?,
+            usernames_logged: UsernameHasher::new(),
             token_ttl: chrono::Duration::from_std(settings.token_ttl)
                 .context("token-ttl too large")?,
             max_sessions_per_user: settings.max_sessions_per_user,
@@ -290,8 +302,10 @@ impl AuthService {
             },
             |n| n.as_ref().to_owned(),
         );
+        let username_hash = self.usernames_logged.hash(&key);
         if let Err((limit, err)) = self.throttle.check(client.ip, &key) {
-            audit!("rate_limited", client, limit = ?limit, username = %key.escape_debug(), "login refused by the rate limit");
+            // Before the lookup: whether the name is an account is unknown.
+            audit!("rate_limited", client, limit = ?limit, username_hash = %username_hash, "login refused by the rate limit");
             metrics::login("rate_limited");
             return Err(err);
         }
@@ -306,8 +320,21 @@ impl AuthService {
             }
             None => None,
         };
+        let who = Attempted {
+            username_hash: &username_hash,
+            user_id: account.as_ref().map(|a| a.id),
+            username: account.as_ref().map(|a| a.username.as_str()),
+        };
         let refused_by_backoff = |err: AuthError| {
-            audit!("rate_limited", client, limit = "account_backoff", username = %key.escape_debug(), "login refused by the account backoff");
+            audit!(
+                "rate_limited",
+                client,
+                limit = "account_backoff",
+                username_hash = who.username_hash,
+                user_id = who.user_id,
+                username = who.username,
+                "login refused by the account backoff"
+            );
             metrics::login("rate_limited");
             err
         };
@@ -320,7 +347,7 @@ impl AuthService {
             None => self.throttle.check_unknown(&key, now),
         }
         .map_err(refused_by_backoff)?;
-        self.check_captcha(captcha, &key, client).await?;
+        self.check_captcha(captcha, &who, client).await?;
         // …then the atomic step that also counts the attempt when the
         // account is in backoff.
         let counted = match &account {
@@ -342,7 +369,14 @@ impl AuthService {
                     None => self.throttle.record_unknown_failure(&key, now),
                 }
             }
-            audit!("login_failed", client, username = %key.escape_debug(), "login failed");
+            audit!(
+                "login_failed",
+                client,
+                username_hash = who.username_hash,
+                user_id = who.user_id,
+                username = who.username,
+                "login failed"
+            );
             metrics::login("invalid_credentials");
             return Err(AuthError::InvalidCredentials);
         };
@@ -351,7 +385,9 @@ impl AuthService {
         audit!(
             "login_succeeded",
             client,
+            username_hash = who.username_hash,
             user_id = issued.user.id,
+            username = issued.user.username.as_str(),
             "login succeeded"
         );
         metrics::login("success");
@@ -446,7 +482,7 @@ impl AuthService {
     async fn check_captcha(
         &self,
         answer: Option<&str>,
-        username: &str,
+        who: &Attempted<'_>,
         client: &ClientInfo,
     ) -> Result<(), AuthError> {
         let Some(verifier) = &self.captcha else {
@@ -459,7 +495,14 @@ impl AuthService {
         match verifier.verify(answer, client.ip).await {
             Verdict::Passed => Ok(()),
             Verdict::Refused => {
-                audit!("captcha_refused", client, username = %username.escape_debug(), "captcha refused");
+                audit!(
+                    "captcha_refused",
+                    client,
+                    username_hash = who.username_hash,
+                    user_id = who.user_id,
+                    username = who.username,
+                    "captcha refused"
+                );
                 metrics::login("captcha_invalid");
                 Err(AuthError::CaptchaInvalid)
             }
