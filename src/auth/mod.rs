@@ -34,7 +34,7 @@ use passwords::{NewPassword, Password, PasswordHasher, PasswordPolicy};
 use revocation::Revoker;
 use throttle::LoginThrottle;
 use tokens::{Token, TokenDigest};
-use username::Username;
+use username::{Username, UsernameHasher};
 
 /// Compare-and-set rounds before an attempt under heavy contention gives up.
 const RESERVE_ATTEMPTS: usize = 5;
@@ -105,6 +105,16 @@ pub struct Issued {
     pub user: User,
 }
 
+/// Whom a login attempt named, as its log lines show it: always the keyed
+/// hash of the name (one name, one hash, across the lines of this process),
+/// and the account when the name is one. Never the typed text: a name
+/// matching no account may be a password typed into the wrong field.
+struct Attempted<'a> {
+    username_hash: &'a str,
+    user_id: Option<i64>,
+    username: Option<&'a str>,
+}
+
 /// What the transport layer knows about the caller.
 #[derive(Clone, Debug, Default)]
 pub struct ClientInfo {
@@ -146,6 +156,7 @@ pub struct AuthService {
     policy: PasswordPolicy,
     throttle: LoginThrottle,
     captcha: Option<CaptchaVerifier>,
+    usernames_logged: UsernameHasher,
     clock: Clock,
     token_ttl: chrono::Duration,
     max_sessions_per_user: u32,
@@ -168,6 +179,7 @@ impl AuthService {
             },
             throttle: LoginThrottle::new(settings.login_rate),
             captcha: CaptchaVerifier::from_settings(settings)?,
+            usernames_logged: UsernameHasher::new(),
             token_ttl: chrono::Duration::from_std(settings.token_ttl)
                 .context("token-ttl too large")?,
             max_sessions_per_user: settings.max_sessions_per_user,
@@ -290,8 +302,10 @@ impl AuthService {
             },
             |n| n.as_ref().to_owned(),
         );
+        let username_hash = self.usernames_logged.hash(&key);
         if let Err((limit, err)) = self.throttle.check(client.ip, &key) {
-            audit!("rate_limited", client, limit = ?limit, username = %key.escape_debug(), "login refused by the rate limit");
+            // Before the lookup: whether the name is an account is unknown.
+            audit!("rate_limited", client, limit = ?limit, username_hash = %username_hash, "login refused by the rate limit");
             metrics::login("rate_limited");
             return Err(err);
         }
@@ -306,8 +320,21 @@ impl AuthService {
             }
             None => None,
         };
+        let who = Attempted {
+            username_hash: &username_hash,
+            user_id: account.as_ref().map(|a| a.id),
+            username: account.as_ref().map(|a| a.username.as_str()),
+        };
         let refused_by_backoff = |err: AuthError| {
-            audit!("rate_limited", client, limit = "account_backoff", username = %key.escape_debug(), "login refused by the account backoff");
+            audit!(
+                "rate_limited",
+                client,
+                limit = "account_backoff",
+                username_hash = who.username_hash,
+                user_id = who.user_id,
+                username = who.username,
+                "login refused by the account backoff"
+            );
             metrics::login("rate_limited");
             err
         };
@@ -320,7 +347,7 @@ impl AuthService {
             None => self.throttle.check_unknown(&key, now),
         }
         .map_err(refused_by_backoff)?;
-        self.check_captcha(captcha, &key, client).await?;
+        self.check_captcha(captcha, &who, client).await?;
         // …then the atomic step that also counts the attempt when the
         // account is in backoff.
         let counted = match &account {
@@ -342,7 +369,14 @@ impl AuthService {
                     None => self.throttle.record_unknown_failure(&key, now),
                 }
             }
-            audit!("login_failed", client, username = %key.escape_debug(), "login failed");
+            audit!(
+                "login_failed",
+                client,
+                username_hash = who.username_hash,
+                user_id = who.user_id,
+                username = who.username,
+                "login failed"
+            );
             metrics::login("invalid_credentials");
             return Err(AuthError::InvalidCredentials);
         };
@@ -351,7 +385,9 @@ impl AuthService {
         audit!(
             "login_succeeded",
             client,
+            username_hash = who.username_hash,
             user_id = issued.user.id,
+            username = issued.user.username.as_str(),
             "login succeeded"
         );
         metrics::login("success");
@@ -446,7 +482,7 @@ impl AuthService {
     async fn check_captcha(
         &self,
         answer: Option<&str>,
-        username: &str,
+        who: &Attempted<'_>,
         client: &ClientInfo,
     ) -> Result<(), AuthError> {
         let Some(verifier) = &self.captcha else {
@@ -459,7 +495,14 @@ impl AuthService {
         match verifier.verify(answer, client.ip).await {
             Verdict::Passed => Ok(()),
             Verdict::Refused => {
-                audit!("captcha_refused", client, username = %username.escape_debug(), "captcha refused");
+                audit!(
+                    "captcha_refused",
+                    client,
+                    username_hash = who.username_hash,
+                    user_id = who.user_id,
+                    username = who.username,
+                    "captcha refused"
+                );
                 metrics::login("captcha_invalid");
                 Err(AuthError::CaptchaInvalid)
             }
@@ -642,10 +685,12 @@ impl AuthService {
             .collect())
     }
 
-    /// Revokes the token of this request.
+    /// Revokes the token of this request. Never answers `false`: a session
+    /// revoked since the request began is refused as `INVALID_TOKEN`, the
+    /// answer the same token gets on its next request.
     ///
     /// # Errors
-    /// A database error.
+    /// `Unauthenticated` when the session is gone, or a database error.
     pub async fn logout(
         &self,
         principal: &Principal,
@@ -653,8 +698,8 @@ impl AuthService {
     ) -> Result<bool, AuthError> {
         let revoked = self
             .revoker
-            .revoke(
-                principal.user.id,
+            .revoke_on_behalf_of(
+                principal,
                 Some(auth_token::Column::Id.eq(principal.session_id)),
             )
             .await?;
@@ -672,13 +717,14 @@ impl AuthService {
     /// Revokes every token of the user; returns how many.
     ///
     /// # Errors
-    /// A database error.
+    /// `Unauthenticated` when this request's session was revoked since it
+    /// began, or a database error.
     pub async fn logout_all(
         &self,
         principal: &Principal,
         client: &ClientInfo,
     ) -> Result<u64, AuthError> {
-        let revoked = self.revoker.revoke(principal.user.id, None).await?;
+        let revoked = self.revoker.revoke_on_behalf_of(principal, None).await?;
         audit!(
             "logout_all",
             client,
@@ -693,7 +739,8 @@ impl AuthService {
     /// Revokes every token of the user but this request's; returns how many.
     ///
     /// # Errors
-    /// A database error.
+    /// `Unauthenticated` when this request's session was revoked since it
+    /// began, or a database error.
     pub async fn logout_others(
         &self,
         principal: &Principal,
@@ -701,8 +748,8 @@ impl AuthService {
     ) -> Result<u64, AuthError> {
         let revoked = self
             .revoker
-            .revoke(
-                principal.user.id,
+            .revoke_on_behalf_of(
+                principal,
                 Some(auth_token::Column::Id.ne(principal.session_id)),
             )
             .await?;
@@ -720,7 +767,9 @@ impl AuthService {
     /// Revokes one of the user's sessions by id.
     ///
     /// # Errors
-    /// `NotFound` when the id is not one of the user's sessions.
+    /// `NotFound` when the id is not one of the user's sessions,
+    /// `Unauthenticated` when this request's session was revoked since it
+    /// began.
     pub async fn revoke_session(
         &self,
         principal: &Principal,
@@ -730,7 +779,7 @@ impl AuthService {
         let id: i64 = id.parse().map_err(|_| AuthError::NotFound)?;
         let revoked = self
             .revoker
-            .revoke(principal.user.id, Some(auth_token::Column::Id.eq(id)))
+            .revoke_on_behalf_of(principal, Some(auth_token::Column::Id.eq(id)))
             .await?;
         if revoked == 0 {
             return Err(AuthError::NotFound);
@@ -751,7 +800,9 @@ impl AuthService {
     ///
     /// # Errors
     /// `InvalidCredentials` (counted by the account backoff), `RateLimited`,
-    /// `BadUserInput` with every failed policy rule, or an internal error.
+    /// `BadUserInput` with every failed policy rule, `Unauthenticated` when
+    /// this request's session was revoked since it began, or an internal
+    /// error.
     pub async fn change_password(
         &self,
         principal: &Principal,
@@ -760,11 +811,14 @@ impl AuthService {
         client: &ClientInfo,
     ) -> Result<Issued, AuthError> {
         let now = self.clock.now();
+        // A session revoked since the request began (or a user deactivated,
+        // which revokes too) is refused before any password is checked.
         let account = user::Entity::find_by_id(principal.user.id)
+            .filter(user::Column::IsActive.eq(true))
+            .filter(revocation::session_alive(principal))
             .one(&self.db)
             .await?
-            .filter(|a| a.is_active)
-            .ok_or_else(invalid_token)?;
+            .ok_or_else(|| self.revoker.session_gone(principal))?;
         // The same limits as login: a stolen token must not be an
         // unthrottled password oracle.
         if let Err((limit, err)) = self.throttle.check(client.ip, &account.username) {
@@ -807,6 +861,8 @@ impl AuthService {
         };
         let hash = self.hasher.hash(&new).await.map_err(hashing_error)?;
 
+        // The session may have been revoked during the hashing: the update
+        // and the revocation each run only while it exists.
         let txn = self.db.begin().await?;
         let changed = user::Entity::update_many()
             .col_expr(user::Column::PasswordHash, Expr::value(hash.as_str()))
@@ -817,14 +873,20 @@ impl AuthService {
             )
             .filter(user::Column::Id.eq(account.id))
             .filter(user::Column::PasswordHash.eq(account.password_hash.as_str()))
+            .filter(revocation::session_alive(principal))
             .exec(&txn)
             .await?
             .rows_affected;
         if changed == 0 {
+            if !revocation::is_alive(&txn, principal).await? {
+                return Err(self.revoker.session_gone(principal));
+            }
             // Another change won the race; this one's old password is stale.
             return Err(AuthError::InvalidCredentials);
         }
-        let revoked = revocation::revoke_in(&txn, account.id, None).await?;
+        let Some(revoked) = revocation::revoke_in_on_behalf_of(&txn, principal, None).await? else {
+            return Err(self.revoker.session_gone(principal));
+        };
         let account = user::Model {
             password_hash: hash,
             failed_logins: 0,

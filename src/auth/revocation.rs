@@ -4,15 +4,24 @@
 //! the same transaction sends `NOTIFY authql_revocations, '<user id>'`, so
 //! every instance listening (see `crate::auth::listener`) drops that user's
 //! entries too; the notification is delivered only if the delete commits.
+//!
+//! A revocation asked for by a signed-in request runs only while the
+//! request's own session still exists, checked by the deleting statement
+//! itself (see [`session_alive`]): the request was authenticated when it
+//! began, and by now its session may be gone, revoked by a password change
+//! or by another device. Such a request must not revoke the sessions that
+//! came after.
 
-use sea_orm::sea_query::{Condition, SimpleExpr};
+use sea_orm::sea_query::{Alias, Condition, Expr, Query, SimpleExpr};
 use sea_orm::{
     ColumnTrait as _, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait as _,
     QueryFilter as _, Statement, TransactionTrait as _,
 };
 
 use super::cache::TokenCache;
+use super::Principal;
 use crate::db::entities::auth_token;
+use crate::error::{AuthError, Unauthenticated};
 
 /// The PostgreSQL channel revocations are announced on.
 pub const CHANNEL: &str = "authql_revocations";
@@ -39,6 +48,42 @@ impl Revoker {
         txn.commit().await?;
         self.cache.revoke_user(user_id);
         Ok(deleted)
+    }
+
+    /// [`revoke`](Self::revoke) on behalf of the session `principal` acts
+    /// through: only while that session still exists.
+    ///
+    /// # Errors
+    /// `Unauthenticated(InvalidToken)` when the session is gone (then
+    /// nothing was revoked), or a database error.
+    pub async fn revoke_on_behalf_of(
+        &self,
+        principal: &Principal,
+        condition: Option<SimpleExpr>,
+    ) -> Result<u64, AuthError> {
+        let txn = self.db.begin().await?;
+        let Some(deleted) = revoke_in_on_behalf_of(&txn, principal, condition).await? else {
+            // Dropping the transaction rolls it back, notification and all.
+            return Err(self.session_gone(principal));
+        };
+        txn.commit().await?;
+        self.cache.revoke_user(principal.user.id);
+        Ok(deleted)
+    }
+
+    /// The refusal for a request whose session was revoked while it ran:
+    /// the answer the same token gets on its next request. Its cache entry
+    /// may still be here (another instance's revocation not heard yet); the
+    /// cache is keyed by token digest, which a principal does not carry, so
+    /// every entry of the user is dropped (each costs one database read).
+    pub fn session_gone(&self, principal: &Principal) -> AuthError {
+        self.cache.revoke_user(principal.user.id);
+        tracing::info!(
+            user_id = principal.user.id,
+            session_id = principal.session_id,
+            "request refused: its session was revoked while it ran"
+        );
+        AuthError::Unauthenticated(Unauthenticated::InvalidToken)
     }
 
     /// Tells this instance's cache that `user_id` lost tokens in a
@@ -77,4 +122,60 @@ pub async fn revoke_in<C: ConnectionTrait>(
         .await?;
     }
     Ok(deleted)
+}
+
+/// True while the session `principal` acts through exists: a condition for
+/// any statement made on its behalf. Checked inside that statement, it is
+/// race-free: on PostgreSQL a statement sees one snapshot (under READ
+/// COMMITTED), so a revocation either committed before it (the session is
+/// gone, nothing matches) or did not (the statement sees neither the
+/// revocation nor any session created with it); SQLite runs writes one at a
+/// time. Session ids are never reused (AUTOINCREMENT, sequences).
+pub fn session_alive(principal: &Principal) -> SimpleExpr {
+    let acting = Alias::new("acting");
+    Expr::exists(
+        Query::select()
+            .expr(Expr::val(1))
+            .from_as(auth_token::Entity, acting.clone())
+            .and_where(Expr::col((acting.clone(), auth_token::Column::Id)).eq(principal.session_id))
+            .and_where(Expr::col((acting, auth_token::Column::UserId)).eq(principal.user.id))
+            .to_owned(),
+    )
+}
+
+/// [`revoke_in`] on behalf of the session `principal` acts through: deletes
+/// only while that session exists. Returns `None` when it is gone; then the
+/// caller must not commit.
+///
+/// # Errors
+/// A database error.
+pub async fn revoke_in_on_behalf_of<C: ConnectionTrait>(
+    txn: &C,
+    principal: &Principal,
+    condition: Option<SimpleExpr>,
+) -> Result<Option<u64>, DbErr> {
+    let alive = session_alive(principal);
+    let condition = match condition {
+        Some(condition) => condition.and(alive),
+        None => alive,
+    };
+    let deleted = revoke_in(txn, principal.user.id, Some(condition)).await?;
+    // Nothing deleted: nothing matched, or the session is gone. A session
+    // gone now was gone then too (ids are not reused).
+    if deleted == 0 && !is_alive(txn, principal).await? {
+        return Ok(None);
+    }
+    Ok(Some(deleted))
+}
+
+/// Whether the session `principal` acts through exists now.
+///
+/// # Errors
+/// A database error.
+pub async fn is_alive<C: ConnectionTrait>(conn: &C, principal: &Principal) -> Result<bool, DbErr> {
+    Ok(auth_token::Entity::find_by_id(principal.session_id)
+        .filter(auth_token::Column::UserId.eq(principal.user.id))
+        .one(conn)
+        .await?
+        .is_some())
 }

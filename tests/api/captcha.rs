@@ -30,6 +30,9 @@ pub enum Reply {
     Text(&'static str),
     /// Records the request, then answers nothing for a long time.
     Hang,
+    /// Records the request, then waits until the test notifies, and
+    /// refuses: a verification that lasts exactly as long as a test needs.
+    Held(Arc<tokio::sync::Notify>),
 }
 
 /// A siteverify stand-in. Records every request's form fields.
@@ -114,6 +117,12 @@ async fn siteverify(body: String, Data(state): Data<&Arc<StubState>>) -> Respons
         Reply::Hang => {
             tokio::time::sleep(Duration::from_secs(30)).await;
             json!({ "success": true }).to_string().into_response()
+        }
+        Reply::Held(gate) => {
+            gate.notified().await;
+            Response::builder()
+                .content_type("application/json")
+                .body(json!({ "success": false }).to_string())
         }
     }
 }

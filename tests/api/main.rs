@@ -17,5 +17,6 @@ mod login;
 mod observability;
 mod schema;
 mod sessions;
+mod stale_request;
 mod throttle;
 mod tokens;

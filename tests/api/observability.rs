@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use crate::captcha::{passed, CaptchaStub, Reply, SECRET};
 use crate::helpers::{error_code, error_reason, random_text, TestApp};
 use crate::process::{database_with_user, json_lines, Server};
 
@@ -522,6 +523,103 @@ async fn the_audit_log_records_each_event_and_no_secret() {
     }
 }
 
+/// `username_hash` of a log line, checked to be 16 lower-case hex digits.
+fn username_hash(line: &Value) -> String {
+    let hash = line["username_hash"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no username_hash: {line}"));
+    assert!(
+        hash.len() == 16 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+        "not a short hex hash: {line}"
+    );
+    hash.to_owned()
+}
+
+#[tokio::test]
+async fn a_password_typed_as_the_username_is_logged_only_as_a_keyed_hash() {
+    let username = new_username();
+    let password = strong_password();
+    let (_dir, url) = database_with_user(&username, &password);
+    let stub = CaptchaStub::start(passed()).await;
+    let server = Server::start(
+        &url,
+        &[
+            "--captcha-secret",
+            SECRET,
+            "--captcha-verify-url",
+            &stub.url,
+        ],
+    )
+    .await;
+    let login = "mutation($u: String!, $p: String!) { login(username: $u, password: $p, captcha: \"answer\") { token } }";
+    // Two passwords typed into the username field (the second with a
+    // character no username may hold).
+    let typed = format!("S3cr3t-{}", random_text(16));
+    let other_typed = format!("hunter2 {}", random_text(16));
+
+    // Failed logins until the unknown name's backoff refuses one.
+    let mut failures = 0;
+    loop {
+        let body = server
+            .graphql(login, json!({ "u": typed, "p": "wrong" }), None)
+            .await;
+        match error_code(&body) {
+            "INVALID_CREDENTIALS" => failures += 1,
+            "RATE_LIMITED" => break,
+            other => panic!("unexpected {other}: {body}"),
+        }
+        assert!(failures < 10, "never refused by the backoff");
+    }
+    // A known account's failure, and a refused captcha.
+    let body = server
+        .graphql(login, json!({ "u": username, "p": "wrong" }), None)
+        .await;
+    assert_eq!(error_code(&body), "INVALID_CREDENTIALS");
+    stub.reply(Reply::Json(json!({ "success": false })));
+    let body = server
+        .graphql(login, json!({ "u": other_typed, "p": "wrong" }), None)
+        .await;
+    assert_eq!(error_code(&body), "CAPTCHA_INVALID");
+
+    let (status, log) = server.stop().await;
+    assert!(status.success(), "exit status {status}: {log:?}");
+    let lines = json_lines(&log);
+
+    let whole = log.join("\n");
+    for secret in [&typed, &other_typed, &password] {
+        for form in [secret.clone(), secret.to_lowercase()] {
+            assert!(!whole.contains(&form), "the log contains {form:?}");
+        }
+    }
+    assert!(!whole.contains(SECRET), "the captcha secret was logged");
+    // One name, one hash: the failures and the refusal can be correlated.
+    let unknown: Vec<&Value> = events(&lines, "login_failed")
+        .into_iter()
+        .filter(|l| l["user_id"].is_null())
+        .collect();
+    assert_eq!(unknown.len(), failures, "{log:?}");
+    let hash = username_hash(unknown[0]);
+    for line in &unknown {
+        assert_eq!(username_hash(line), hash, "{line}");
+        assert!(line["username"].is_null(), "{line}");
+    }
+    let limited = events(&lines, "rate_limited");
+    assert_eq!(limited.len(), 1, "{log:?}");
+    assert_eq!(username_hash(limited[0]), hash);
+    assert!(limited[0]["username"].is_null(), "{}", limited[0]);
+    let refused = events(&lines, "captcha_refused");
+    assert_eq!(refused.len(), 1, "{log:?}");
+    assert_ne!(username_hash(refused[0]), hash, "two names, two hashes");
+    assert!(refused[0]["username"].is_null(), "{}", refused[0]);
+    // A real account's line names it.
+    let known = events(&lines, "login_failed")
+        .into_iter()
+        .find(|l| !l["user_id"].is_null())
+        .unwrap_or_else(|| panic!("no login_failed for the account: {log:?}"));
+    assert_eq!(known["username"], username.as_str(), "{known}");
+    assert_ne!(username_hash(known), hash);
+}
+
 /// The `listen` field of the start-up report.
 fn server_address(log: &[String]) -> String {
     json_lines(log)
@@ -537,8 +635,8 @@ async fn request_ids_are_echoed_and_attached_to_the_log_and_bad_ones_replaced() 
     let login =
         "mutation($u: String!) { login(username: $u, password: \"not the password\") { token } }";
 
-    // Each request fails a login with its own username, so its
-    // login_failed line can be found.
+    // Each request fails a login with its own unknown username: one
+    // login_failed line each, in order.
     let sent_ids = [
         Some(format!("req-{}", random_text(20))),
         Some(format!("bad id {}", random_text(6))),
@@ -558,9 +656,11 @@ async fn request_ids_are_echoed_and_attached_to_the_log_and_bad_ones_replaced() 
     let (status, log) = server.stop().await;
     assert!(status.success(), "exit status {status}: {log:?}");
     let lines = json_lines(&log);
+    let failures = events(&lines, "login_failed");
+    assert_eq!(failures.len(), exchanges.len(), "{log:?}");
 
     let mut generated = Vec::new();
-    for (i, (sent, ghost, echoed)) in exchanges.iter().enumerate() {
+    for (i, ((sent, ghost, echoed), line)) in exchanges.iter().zip(failures).enumerate() {
         if i == 0 {
             assert_eq!(Some(echoed), sent.as_ref(), "a good id is echoed");
         } else {
@@ -574,10 +674,11 @@ async fn request_ids_are_echoed_and_attached_to_the_log_and_bad_ones_replaced() 
             );
             generated.push(echoed.clone());
         }
-        let line = lines
-            .iter()
-            .find(|l| l["event"] == "login_failed" && l["username"] == ghost.as_str())
-            .unwrap_or_else(|| panic!("no login_failed for {ghost}: {log:?}"));
+        assert!(line["username_hash"].is_string(), "{line}");
+        assert!(
+            !log.join("\n").contains(ghost.as_str()),
+            "an unknown name was logged"
+        );
         assert_eq!(
             line["span"]["request_id"],
             echoed.as_str(),
