@@ -25,25 +25,34 @@ use super::shape::{self, Refused};
 pub const BUDGET_BYTES: u64 = 8 * 1024 * 1024;
 /// Longer query texts are parsed every time rather than kept.
 pub const MAX_KEPT_QUERY_BYTES: usize = 4 * 1024;
-/// Bytes of parsed document per byte of text, at most. Measured by the
-/// `document_weight` test over hostile shapes (long lists, many small
-/// fields, deep objects); the worst seen is below this.
-const BYTES_PER_TEXT_BYTE: u32 = 160;
-/// What every kept entry costs besides its text: the key, the `Arc`, the
-/// cache's own bookkeeping.
-const ENTRY_OVERHEAD: u32 = 512;
+/// Bytes of parsed document per byte of text and per selection, at most:
+/// what the `document_weight` test measures over the shapes that cost the
+/// most (long lists and objects, many arguments, variables and directives,
+/// fields nested in fields), with a margin.
+const BYTES_PER_TEXT_BYTE: u64 = 100;
+const BYTES_PER_SELECTION: u64 = 800;
+/// What every kept entry costs besides: the `Arc`, the cache's bookkeeping.
+const ENTRY_OVERHEAD: u64 = 512;
 
-/// An upper bound of the memory a kept document of `text` takes.
-pub fn weight(text: &str) -> u32 {
-    let text_len = u32::try_from(text.len()).unwrap_or(u32::MAX);
-    text_len
-        .saturating_mul(BYTES_PER_TEXT_BYTE + 1)
-        .saturating_add(ENTRY_OVERHEAD)
+/// An upper bound of the memory a kept document of `text` with
+/// `selections` (fields, spreads, inline fragments) takes, key included.
+pub fn weight(text: &str, selections: usize) -> u32 {
+    let text_len = text.len() as u64;
+    let bytes = text_len * (BYTES_PER_TEXT_BYTE + 1)
+        + selections as u64 * BYTES_PER_SELECTION
+        + ENTRY_OVERHEAD;
+    u32::try_from(bytes).unwrap_or(u32::MAX)
+}
+
+/// A parsed document with its weight.
+struct Kept {
+    document: ExecutableDocument,
+    weight: u32,
 }
 
 #[derive(Clone)]
 pub struct DocumentCache {
-    documents: Cache<String, Arc<ExecutableDocument>>,
+    documents: Cache<String, Arc<Kept>>,
 }
 
 impl Default for DocumentCache {
@@ -54,7 +63,7 @@ impl Default for DocumentCache {
 
 /// A document that passed the bounds, ready to execute.
 pub struct Checked {
-    document: Arc<ExecutableDocument>,
+    kept: Arc<Kept>,
     /// The text, when the document was parsed now and may be kept once it
     /// validates.
     keep_as: Option<String>,
@@ -63,15 +72,20 @@ pub struct Checked {
 impl Checked {
     /// True when the operation that would run is a mutation.
     pub fn selects_mutation(&self, operation_name: Option<&str>) -> bool {
-        self.document.operations.iter().any(|(name, op)| {
+        self.kept.document.operations.iter().any(|(name, op)| {
             op.node.ty == OperationType::Mutation
                 && (operation_name.is_none() || name.map(|n| n.as_str()) == operation_name)
         })
     }
 
+    /// What the document weighs in the cache (see [`weight`]).
+    pub fn weight(&self) -> u32 {
+        self.kept.weight
+    }
+
     /// The parsed document, for async-graphql (which takes ownership).
     pub fn document(&self) -> ExecutableDocument {
-        ExecutableDocument::clone(&self.document)
+        ExecutableDocument::clone(&self.kept.document)
     }
 }
 
@@ -95,7 +109,7 @@ impl DocumentCache {
         Self {
             documents: Cache::builder()
                 .max_capacity(bytes)
-                .weigher(|text: &String, _| weight(text))
+                .weigher(|_, kept: &Arc<Kept>| kept.weight)
                 .build(),
         }
     }
@@ -111,9 +125,9 @@ impl DocumentCache {
     // which borrows as `String` only.
     #[allow(clippy::ptr_arg)]
     pub fn check(&self, text: &String) -> Result<Checked, Refused> {
-        if let Some(document) = self.documents.get(text) {
+        if let Some(kept) = self.documents.get(text) {
             return Ok(Checked {
-                document,
+                kept,
                 keep_as: None,
             });
         }
@@ -128,9 +142,12 @@ impl DocumentCache {
                 },
             }
         })?;
-        shape::measure(&document)?;
+        let cost = shape::measure(&document)?;
         Ok(Checked {
-            document: Arc::new(document),
+            kept: Arc::new(Kept {
+                document,
+                weight: weight(text, cost.complexity),
+            }),
             keep_as: (text.len() <= MAX_KEPT_QUERY_BYTES).then(|| text.clone()),
         })
     }
@@ -140,7 +157,7 @@ impl DocumentCache {
     pub fn keep_if_valid(&self, checked: Checked, validated: &Validated) {
         if let Some(text) = checked.keep_as {
             if validated.is_set() {
-                self.documents.insert(text, checked.document);
+                self.documents.insert(text, checked.kept);
             }
         }
     }

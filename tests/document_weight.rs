@@ -1,0 +1,109 @@
+//! The document cache weighs each kept document by `documents::weight`, an
+//! upper bound of its memory derived from the text's length and its number
+//! of selections. This test
+//! measures what parsed documents really take, with a counting allocator
+//! (hence a test binary of its own), over the shapes that cost the most per
+//! byte of text, and checks that the bound holds for every one of them.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use authql::graphql::documents::{DocumentCache, MAX_KEPT_QUERY_BYTES};
+
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: the caller's layout, passed on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: `ptr` came from `alloc` with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Only one measurement at a time: the counter is global.
+static MEASURING: Mutex<()> = Mutex::new(());
+
+/// Bytes still allocated after checking `text` and keeping its document,
+/// and the weight the cache gives it.
+fn bytes_kept(text: &str) -> (usize, usize) {
+    let _one_at_a_time = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
+    let text = text.to_owned();
+    let before = LIVE.load(Ordering::Relaxed);
+    let checked = DocumentCache::default().check(&text);
+    let kept = checked.ok();
+    let after = LIVE.load(Ordering::Relaxed);
+    let weighed = kept.as_ref().map(|k| k.weight() as usize);
+    drop(kept);
+    let weighed = weighed.unwrap_or_else(|| panic!("the document passed the bounds: {text}"));
+    (after.saturating_sub(before), weighed)
+}
+
+fn fill(prefix: &str, unit: &str, suffix: &str) -> String {
+    let room = MAX_KEPT_QUERY_BYTES - prefix.len() - suffix.len();
+    format!("{prefix}{}{suffix}", unit.repeat(room / unit.len()))
+}
+
+#[test]
+fn the_weight_of_a_document_bounds_its_memory() {
+    let shapes = [
+        ("a small query", "{ me { id username } }".to_owned()),
+        (
+            "a long list of ints",
+            fill("{ me(x: [", "1,", "]) { id } }"),
+        ),
+        (
+            "a long list of lists",
+            fill("{ me(x: [", "[],", "]) { id } }"),
+        ),
+        ("many objects", fill("{ me(x: [", "{a:1},", "]) { id } }")),
+        ("many short fields", format!("{{ {}}}", "a ".repeat(490))),
+        ("many arguments", fill("{ me(", "a:1 ", ") { id } }")),
+        ("many variables", fill("query(", "$a:Int ", ") { id }")),
+        ("many directives", fill("{ me ", "@a ", "{ id } }")),
+        (
+            "many fragments",
+            format!(
+                "{{ a }}{}",
+                (0..64)
+                    .map(|i| format!(" fragment F{i} on Q {{ a }}"))
+                    .collect::<String>()
+            ),
+        ),
+        (
+            "inline fragments",
+            format!("{{ {}}}", "...{a} ".repeat(240)),
+        ),
+        (
+            "fields with sub-selections",
+            format!("{{ {}}}", "a{b} ".repeat(240)),
+        ),
+        (
+            "nested selections",
+            format!("{{ {}a{} }}", "a{".repeat(14), "}".repeat(14)),
+        ),
+    ];
+    for (shape, text) in &shapes {
+        let (measured, bound) = bytes_kept(text);
+        println!(
+            "{shape}: {} bytes of text take {measured} bytes; weighed {bound}",
+            text.len()
+        );
+        assert!(
+            measured <= bound,
+            "{shape}: {measured} bytes measured, weighed only {bound}"
+        );
+    }
+}
