@@ -1,7 +1,5 @@
-//! The domain's errors, one variant per code of the spec, and their single
-//! mapping to GraphQL error extensions.
-
-use async_graphql::ErrorExtensions as _;
+//! The domain's errors, one variant per code of the spec. They become
+//! GraphQL errors in one place, `crate::graphql::error`.
 
 /// Why a request has no signed-in user (`extensions.reason`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,23 +108,5 @@ impl From<sea_orm::DbErr> for AuthError {
     fn from(err: sea_orm::DbErr) -> Self {
         crate::metrics::database_error();
         Self::Internal(anyhow::Error::new(err).context("database error"))
-    }
-}
-
-impl From<AuthError> for async_graphql::Error {
-    fn from(err: AuthError) -> Self {
-        if let AuthError::Internal(cause) = &err {
-            // The only place an internal failure is reported in full.
-            tracing::error!(error = format!("{cause:#}"), "internal error");
-        }
-        async_graphql::Error::new(err.message()).extend_with(|_, ext| {
-            ext.set("code", err.code());
-            match &err {
-                AuthError::Unauthenticated(reason) => ext.set("reason", reason.as_str()),
-                AuthError::RateLimited { retry_after } => ext.set("retryAfter", *retry_after),
-                AuthError::BadUserInput { reasons, .. } => ext.set("reasons", reasons.clone()),
-                _ => {}
-            }
-        })
     }
 }

@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::error::Unauthenticated;
-
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -78,8 +76,8 @@ pub fn token_resolved(path: &'static str) {
         .increment(1);
 }
 
-pub fn token_refused(reason: Unauthenticated) {
-    metrics::counter!("authql_token_resolutions_total", "path" => "refused", "reason" => reason.as_str())
+pub fn token_refused(reason: &'static str) {
+    metrics::counter!("authql_token_resolutions_total", "path" => "refused", "reason" => reason)
         .increment(1);
 }
 

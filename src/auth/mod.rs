@@ -213,7 +213,7 @@ impl AuthService {
     pub async fn authenticate(&self, credential: &Credential) -> Result<Arc<Principal>, AuthError> {
         let result = self.resolve(credential).await;
         if let Err(AuthError::Unauthenticated(reason)) = &result {
-            metrics::token_refused(*reason);
+            metrics::token_refused(reason.as_str());
         }
         result
     }

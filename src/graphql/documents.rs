@@ -19,7 +19,8 @@ use std::sync::Arc;
 use async_graphql::parser::types::{ExecutableDocument, OperationType};
 use mini_moka::sync::{Cache, ConcurrentCacheExt as _};
 
-use super::shape::{self, Refused};
+use super::error::Refused;
+use super::shape;
 
 /// Memory the kept documents may take, as weighed by [`weight`].
 pub const BUDGET_BYTES: u64 = 8 * 1024 * 1024;
@@ -134,13 +135,11 @@ impl DocumentCache {
         shape::check_nesting(text)?;
         let document = async_graphql::parser::parse_query(text).map_err(|err| {
             let at = err.positions().next();
-            Refused {
-                reason: "GRAPHQL_PARSE_FAILED",
-                message: match at {
-                    Some(at) => format!("syntax error at line {}, column {}", at.line, at.column),
-                    None => "syntax error".to_owned(),
-                },
-            }
+            let message = match at {
+                Some(at) => format!("syntax error at line {}, column {}", at.line, at.column),
+                None => "syntax error".to_owned(),
+            };
+            Refused::new("GRAPHQL_PARSE_FAILED", message)
         })?;
         let cost = shape::measure(&document)?;
         Ok(Checked {

@@ -90,11 +90,3 @@ impl Extension for PerRequest {
         response
     }
 }
-
-/// `extensions` for a refusal by a limit: BAD_USER_INPUT with its reason.
-pub fn limit_extensions(reason: &str) -> async_graphql::ErrorExtensionValues {
-    let mut extensions = async_graphql::ErrorExtensionValues::default();
-    extensions.set("code", "BAD_USER_INPUT");
-    extensions.set("reasons", vec![reason.to_owned()]);
-    extensions
-}

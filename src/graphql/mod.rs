@@ -3,13 +3,14 @@
 
 pub mod context;
 pub mod documents;
+pub mod error;
 pub mod limits;
 pub mod mutation;
 pub mod query;
 pub mod shape;
 pub mod types;
 
-use async_graphql::{EmptySubscription, Schema, ServerError};
+use async_graphql::{EmptySubscription, Schema};
 
 pub use context::RequestContext;
 use documents::Validated;
@@ -52,7 +53,7 @@ pub async fn execute(
 ) -> async_graphql::Response {
     match documents.check(&request.query) {
         Ok(checked) => execute_checked(schema, documents, request, checked).await,
-        Err(refused) => refusal(refused),
+        Err(refused) => refused.into_response(),
     }
 }
 
@@ -69,11 +70,4 @@ pub async fn execute_checked(
     let response = schema.execute(request.data(validated.clone())).await;
     documents.keep_if_valid(checked, &validated);
     response
-}
-
-/// A document refused by a bound, as a GraphQL response.
-pub fn refusal(refused: shape::Refused) -> async_graphql::Response {
-    let mut error = ServerError::new(refused.message, None);
-    error.extensions = Some(limits::limit_extensions(refused.reason));
-    async_graphql::Response::from_errors(vec![error])
 }

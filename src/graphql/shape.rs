@@ -24,6 +24,8 @@ use std::collections::HashMap;
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
 use async_graphql::Name;
 
+use super::error::Refused;
+
 /// Deepest nesting of brackets (`{`, `[`, `(`) in a document's text. Our
 /// own types nest three deep; GraphiQL's introspection query reaches 14.
 pub const MAX_NESTING: usize = 48;
@@ -36,19 +38,6 @@ pub const MAX_COMPLEXITY: usize = 500;
 pub const MAX_ALIASES: usize = 32;
 /// Most fragment definitions in one document.
 pub const MAX_FRAGMENTS: usize = 64;
-
-/// Why a document was refused, as a stable reason code and a sentence.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refused {
-    pub reason: &'static str,
-    pub message: String,
-}
-
-impl Refused {
-    fn new(reason: &'static str, message: String) -> Self {
-        Self { reason, message }
-    }
-}
 
 /// Refuses a text whose brackets nest deeper than [`MAX_NESTING`].
 /// Brackets inside strings, block strings and comments do not count.

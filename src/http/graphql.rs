@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use async_graphql::{BatchRequest, BatchResponse, ServerError, Variables};
+use async_graphql::{BatchRequest, BatchResponse, Variables};
 use async_graphql_poem::{GraphQLBatchResponse, GraphQLResponse};
 use poem::http::{header, StatusCode};
 use poem::web::{Data, Html};
@@ -12,7 +12,7 @@ use poem::{handler, Body, IntoResponse, Request, Response};
 use serde::Deserialize;
 
 use super::client_ip::{client_info, credential};
-use crate::graphql::limits::limit_extensions;
+use crate::graphql::error::{internal_error, label_errors, Refused};
 use crate::graphql::{self, RequestContext};
 use crate::state::AppState;
 
@@ -102,8 +102,8 @@ pub async fn post(req: &Request, body: Body, Data(state): Data<&AppState>) -> Re
         return timed_out();
     };
     match &mut response {
-        BatchResponse::Single(single) => label_errors(&mut single.errors),
-        BatchResponse::Batch(many) => many.iter_mut().for_each(|r| label_errors(&mut r.errors)),
+        BatchResponse::Single(single) => label_errors(single),
+        BatchResponse::Batch(many) => many.iter_mut().for_each(label_errors),
     }
     GraphQLBatchResponse(response).into_response()
 }
@@ -154,11 +154,7 @@ pub async fn get(req: &Request, Data(state): Data<&AppState>) -> Response {
     };
     let checked = match state.documents.check(&query) {
         Ok(checked) => checked,
-        Err(refused) => {
-            let mut response = graphql::refusal(refused);
-            label_errors(&mut response.errors);
-            return GraphQLResponse(response).into_response();
-        }
+        Err(refused) => return GraphQLResponse(refused.into_response()).into_response(),
     };
     if checked.selects_mutation(params.operation_name.as_deref()) {
         let mut response = refusal(
@@ -198,7 +194,7 @@ pub async fn get(req: &Request, Data(state): Data<&AppState>) -> Response {
     let Ok(mut response) = execution.await else {
         return timed_out();
     };
-    label_errors(&mut response.errors);
+    label_errors(&mut response);
     GraphQLResponse(response).into_response()
 }
 
@@ -223,55 +219,21 @@ fn accepts_html(req: &Request) -> bool {
         .is_some_and(|accept| accept.contains("text/html"))
 }
 
-/// Gives every error without a code (those async-graphql raises itself
-/// while parsing and validating) `BAD_USER_INPUT` and a reason. Errors from
-/// resolvers carry their own codes already.
-fn label_errors(errors: &mut [ServerError]) {
-    for error in errors {
-        let has_code = error
-            .extensions
-            .as_ref()
-            .is_some_and(|ext| ext.get("code").is_some());
-        if has_code {
-            continue;
-        }
-        // The shape bounds (depth, complexity, aliases) are checked before
-        // async-graphql runs, so what is left here is validation proper
-        // (no path) or an argument refused while executing (a path).
-        let reason = if error.path.is_empty() {
-            "GRAPHQL_VALIDATION_FAILED"
-        } else {
-            "INVALID_ARGUMENT"
-        };
-        error.extensions = Some(limit_extensions(reason));
-    }
-}
-
 /// A request abandoned after [`EXECUTION_TIMEOUT`].
 fn timed_out() -> Response {
     tracing::error!("request abandoned after {} s", EXECUTION_TIMEOUT.as_secs());
-    let body = serde_json::json!({
-        "errors": [{
-            "message": "internal server error",
-            "extensions": { "code": "INTERNAL_SERVER_ERROR" }
-        }]
-    });
-    Response::builder()
-        .status(StatusCode::SERVICE_UNAVAILABLE)
-        .content_type("application/json")
-        .body(body.to_string())
+    json_response(StatusCode::SERVICE_UNAVAILABLE, &internal_error())
 }
 
 /// A request refused before GraphQL runs, in the GraphQL error shape.
-pub fn refusal(status: StatusCode, message: &str, reason: &str) -> Response {
-    let body = serde_json::json!({
-        "errors": [{
-            "message": message,
-            "extensions": { "code": "BAD_USER_INPUT", "reasons": [reason] }
-        }]
-    });
+pub fn refusal(status: StatusCode, message: &str, reason: &'static str) -> Response {
+    json_response(status, &Refused::new(reason, message).into_response())
+}
+
+fn json_response(status: StatusCode, body: &async_graphql::Response) -> Response {
+    let body = serde_json::to_vec(body).unwrap_or_default();
     Response::builder()
         .status(status)
         .content_type("application/json")
-        .body(body.to_string())
+        .body(body)
 }
