@@ -3,12 +3,14 @@
 
 pub mod context;
 pub mod documents;
+pub mod introspection;
 pub mod limits;
 pub mod mutation;
 pub mod query;
 pub mod types;
 
 use async_graphql::{EmptySubscription, Schema};
+use chrono::{DateTime, Utc};
 
 pub use context::RequestContext;
 pub use documents::DocumentCache;
@@ -26,9 +28,11 @@ pub const MAX_COMPLEXITY: usize = 500;
 /// The schema as served, printed by `authql schema`, and tested.
 pub fn build_schema(introspection: bool) -> AuthqlSchema {
     let builder = Schema::build(Query, Mutation, EmptySubscription)
+        .override_output_type_description::<DateTime<Utc>>(introspection::DATE_TIME)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
-        .extension(limits::RequestLimits);
+        .extension(limits::RequestLimits)
+        .extension(introspection::NoSchemaDescription);
     if introspection {
         builder.finish()
     } else {
@@ -39,7 +43,7 @@ pub fn build_schema(introspection: bool) -> AuthqlSchema {
     }
 }
 
-/// The SDL of the schema.
+/// The SDL of the schema, as introspection reports it.
 pub fn sdl() -> String {
-    build_schema(true).sdl()
+    build_schema(true).sdl_with_options(introspection::sdl_options())
 }
