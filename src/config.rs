@@ -132,7 +132,8 @@ pub struct Settings {
           action = clap::ArgAction::Set, global = true)]
     pub trust_forwarded_for: bool,
 
-    /// Comma-separated origins allowed to call from a browser.
+    /// Comma-separated origins allowed to call from a browser, such as
+    /// https://app.example.com.
     #[arg(long, env = "AUTHQL_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin, global = true)]
     pub cors_origins: Vec<String>,
 
@@ -258,15 +259,22 @@ fn parse_http_url(s: &str) -> Result<String, String> {
     }
 }
 
+/// An origin as browsers send it in `Origin`: scheme and host lower-cased,
+/// the default port dropped, no path (`https://App.Example.com:443/` is
+/// `https://app.example.com`), so that comparing texts compares origins.
 fn parse_origin(s: &str) -> Result<String, String> {
-    let s = s.trim().trim_end_matches('/');
-    let url = reqwest::Url::parse(s).map_err(|e| format!("not an origin: {e}"))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || url.path() != "/" {
-        return Err(format!(
-            "expected an origin such as https://app.example.com, got {s}"
-        ));
+    let s = s.trim();
+    let expected = || format!("expected an origin such as https://app.example.com, got {s}");
+    let url = reqwest::Url::parse(s).map_err(|_| expected())?;
+    let bare = url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && url.username().is_empty()
+        && url.password().is_none();
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || !bare {
+        return Err(expected());
     }
-    Ok(s.to_owned())
+    Ok(url.origin().ascii_serialization())
 }
 
 #[cfg(test)]
@@ -320,7 +328,24 @@ mod tests {
             "https://app.example.com"
         );
         assert!(parse_origin("https://app.example.com/path").is_err());
+        assert!(parse_origin("https://app.example.com?x=1").is_err());
+        assert!(parse_origin("https://user@app.example.com").is_err());
         assert!(parse_origin("app.example.com").is_err());
+        assert!(parse_origin("null").is_err());
+    }
+
+    #[test]
+    fn origins_are_normalised_as_browsers_send_them() {
+        for (given, sent) in [
+            ("https://App.Example.COM", "https://app.example.com"),
+            ("HTTPS://app.example.com:443/", "https://app.example.com"),
+            ("http://localhost:80", "http://localhost"),
+            ("http://localhost:8080", "http://localhost:8080"),
+            ("https://bücher.example", "https://xn--bcher-kva.example"),
+            ("http://[::1]:3000", "http://[::1]:3000"),
+        ] {
+            assert_eq!(parse_origin(given).unwrap(), sent, "{given}");
+        }
     }
 
     #[test]
