@@ -8,6 +8,7 @@ mod captcha;
 mod change_password;
 mod cli;
 mod cors;
+mod docs;
 mod http;
 mod instances;
 mod login;
