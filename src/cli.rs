@@ -56,26 +56,14 @@ pub enum UserCommand {
         #[arg(long)]
         email: Option<String>,
         #[command(flatten)]
-        password: PasswordInput,
-        #[command(flatten)]
-        database: DatabaseArgs,
-        #[command(flatten)]
-        policy: PasswordArgs,
-        #[command(flatten)]
-        log: LogArgs,
+        with: SetPasswordArgs,
     },
     /// Set a user's password and revoke all of the user's tokens.
     SetPassword {
         /// The user whose password is set.
         username: String,
         #[command(flatten)]
-        password: PasswordInput,
-        #[command(flatten)]
-        database: DatabaseArgs,
-        #[command(flatten)]
-        policy: PasswordArgs,
-        #[command(flatten)]
-        log: LogArgs,
+        with: SetPasswordArgs,
     },
     /// Deactivate a user and revoke all of the user's tokens.
     Deactivate {
@@ -88,12 +76,18 @@ pub enum UserCommand {
     },
 }
 
-/// Where a new password comes from.
-#[derive(Args, Clone, Copy)]
-pub struct PasswordInput {
+/// What the commands that set a password take besides the username.
+#[derive(Args)]
+pub struct SetPasswordArgs {
     /// Read the password from the first line of standard input.
     #[arg(long)]
     pub password_stdin: bool,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub policy: PasswordArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// Why the command line was not accepted.
@@ -135,8 +129,14 @@ impl Command {
             Self::Serve(ServeArgs { log, .. })
             | Self::Migrate { log, .. }
             | Self::User(
-                UserCommand::Create { log, .. }
-                | UserCommand::SetPassword { log, .. }
+                UserCommand::Create {
+                    with: SetPasswordArgs { log, .. },
+                    ..
+                }
+                | UserCommand::SetPassword {
+                    with: SetPasswordArgs { log, .. },
+                    ..
+                }
                 | UserCommand::Deactivate { log, .. },
             ) => log.log_format,
             Self::Schema => LogFormat::Text,
@@ -252,14 +252,11 @@ mod tests {
             "sqlite://x.db",
         ])
         .expect("accepted");
-        let Command::User(UserCommand::Create {
-            policy, database, ..
-        }) = cli.command
-        else {
+        let Command::User(UserCommand::Create { with, .. }) = cli.command else {
             panic!("not user create");
         };
-        assert_eq!(policy.bcrypt_cost, 4);
-        assert_eq!(database.database_url, "sqlite://x.db");
+        assert_eq!(with.policy.bcrypt_cost, 4);
+        assert_eq!(with.database.database_url, "sqlite://x.db");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 
 use crate::auth::passwords::Password;
 use crate::auth::AuthService;
-use crate::cli::{came_from_env, PasswordInput, UserCommand};
+use crate::cli::{came_from_env, UserCommand};
 use crate::clock::Clock;
 use crate::config::{DatabaseArgs, PasswordArgs, ServeArgs, SettingError, Settings};
 use crate::error::AuthError;
@@ -61,29 +61,20 @@ pub async fn user(command: UserCommand) -> anyhow::Result<()> {
         UserCommand::Create {
             username,
             email,
-            password,
-            database,
-            policy,
-            log: _,
+            with,
         } => {
-            let auth = open(database, policy).await?;
-            let password = read_password(password)?;
+            let auth = open(with.database, with.policy).await?;
+            let password = read_password(with.password_stdin)?;
             let user = auth
                 .create_user(&username, email.as_deref(), password)
                 .await
                 .map_err(explain)?;
             eprintln!("created user {} (id {})", user.username, user.id);
         }
-        UserCommand::SetPassword {
-            username,
-            password,
-            database,
-            policy,
-            log: _,
-        } => {
-            let sqlite = is_sqlite(&database);
-            let auth = open(database, policy).await?;
-            let password = read_password(password)?;
+        UserCommand::SetPassword { username, with } => {
+            let sqlite = is_sqlite(&with.database);
+            let auth = open(with.database, with.policy).await?;
+            let password = read_password(with.password_stdin)?;
             let revoked = auth
                 .set_password(&username, password)
                 .await
@@ -131,8 +122,8 @@ fn warn_about_sqlite_caches(sqlite: bool) {
 
 /// The password from the first line of stdin, or typed twice at a prompt
 /// without echo.
-fn read_password(input: PasswordInput) -> anyhow::Result<Password> {
-    if input.password_stdin {
+fn read_password(from_stdin: bool) -> anyhow::Result<Password> {
+    if from_stdin {
         return first_line_password(std::io::stdin().lock());
     }
     let first = rpassword::prompt_password("Password: ")
