@@ -1,65 +1,76 @@
-//! Settings: every flag with its environment variable, parsed into typed,
-//! validated values once at start. A bad value stops the program with a
-//! message that names the flag (clap does the naming).
+//! Settings: every flag with its environment variable, grouped by who needs
+//! it (the database for every command, the password policy for the server
+//! and the user commands, the rest for the server alone), parsed into typed,
+//! validated values once at start, then flattened into [`Settings`].
+//!
+//! A value that cannot be used becomes a [`SettingError`], whether clap
+//! refused it or it failed later (a database that does not answer, a port
+//! in use): it names the flag and the environment variable, shows the value
+//! with any password masked, and the program exits with code 2.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::str::FromStr;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::{Args, FromArgMatches, ValueEnum};
 use secrecy::SecretString;
 
-/// Every setting of the server and the `user` commands.
+/// The database every command that touches data works on.
 #[derive(Args, Clone)]
-pub struct Settings {
-    /// Database URL: sqlite://FILE?mode=rwc or postgres://USER@HOST/DB.
+pub struct DatabaseArgs {
+    /// Database URL: sqlite://FILE?mode=rwc (mode=rwc creates the file) or
+    /// postgres://USER:PASSWORD@HOST:PORT/DATABASE.
     #[arg(
         long,
         env = "DATABASE_URL",
         default_value = "sqlite://authql.db?mode=rwc",
-        hide_env_values = true,
-        global = true
+        value_name = "URL"
     )]
     pub database_url: String,
+}
 
-    /// Most database connections this instance opens.
-    #[arg(long, env = "AUTHQL_DB_MAX_CONNECTIONS", default_value_t = 10,
-          value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
-    pub db_max_connections: u32,
-
-    /// Address to listen on.
-    #[arg(
-        long,
-        env = "AUTHQL_LISTEN",
-        default_value = "127.0.0.1:8000",
-        global = true
-    )]
-    pub listen: SocketAddr,
-
-    /// Token lifetime in seconds, from issue (absolute expiry).
-    #[arg(long, env = "AUTHQL_TOKEN_TTL", default_value = "86400", value_parser = parse_seconds, global = true)]
-    pub token_ttl: Duration,
-
-    /// Longest time in seconds a resolved token is trusted from the cache.
-    #[arg(long, env = "AUTHQL_CACHE_TTL", default_value = "300", value_parser = parse_seconds, global = true)]
-    pub cache_ttl: Duration,
-
-    /// Entries in the token cache; 0 turns the cache off.
-    #[arg(
-        long,
-        env = "AUTHQL_CACHE_CAPACITY",
-        default_value_t = 100_000,
-        global = true
-    )]
-    pub cache_capacity: u64,
-
+/// How new passwords are checked and hashed: the server and the user
+/// commands that set a password.
+#[derive(Args, Clone)]
+pub struct PasswordArgs {
     /// bcrypt cost for new hashes; stored hashes of another cost are
     /// re-hashed at the next successful login.
     #[arg(long, env = "AUTHQL_BCRYPT_COST", default_value_t = 12,
-          value_parser = clap::value_parser!(u32).range(4..=31), global = true)]
+          value_parser = clap::value_parser!(u32).range(4..=31))]
     pub bcrypt_cost: u32,
+
+    /// Fewest characters (Unicode code points) in a new password.
+    #[arg(long, env = "AUTHQL_PASSWORD_MIN_LENGTH", default_value_t = 15,
+          value_parser = clap::value_parser!(u32).range(8..=72))]
+    pub password_min_length: u32,
+}
+
+/// The server's own settings.
+#[derive(Args, Clone)]
+pub struct ServerArgs {
+    /// Address to listen on: IP:PORT or HOST:PORT (a host name is resolved
+    /// at start; the first address is used).
+    #[arg(long, env = "AUTHQL_LISTEN", default_value = "127.0.0.1:8000", value_parser = parse_listen, value_name = "ADDRESS")]
+    pub listen: SocketAddr,
+
+    /// Most database connections this instance opens.
+    #[arg(long, env = "AUTHQL_DB_MAX_CONNECTIONS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_max_connections: u32,
+
+    /// Token lifetime in seconds, from issue (absolute expiry).
+    #[arg(long, env = "AUTHQL_TOKEN_TTL", default_value = "86400", value_parser = parse_seconds, value_name = "SECONDS")]
+    pub token_ttl: Duration,
+
+    /// Longest time in seconds a resolved token is trusted from the cache.
+    #[arg(long, env = "AUTHQL_CACHE_TTL", default_value = "300", value_parser = parse_seconds, value_name = "SECONDS")]
+    pub cache_ttl: Duration,
+
+    /// Entries in the token cache; 0 turns the cache off.
+    #[arg(long, env = "AUTHQL_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub cache_capacity: u64,
 
     /// Login attempts allowed per client IP and per username: N/second,
     /// N/minute, N/hour or N/day.
@@ -67,48 +78,33 @@ pub struct Settings {
         long,
         env = "AUTHQL_LOGIN_RATE",
         default_value = "10/minute",
-        global = true
+        value_name = "RATE"
     )]
     pub login_rate: LoginRate,
 
     /// bcrypt computations at once [default: the number of CPU cores].
-    #[arg(long, env = "AUTHQL_HASH_CONCURRENCY", global = true)]
+    #[arg(long, env = "AUTHQL_HASH_CONCURRENCY")]
     pub hash_concurrency: Option<NonZeroUsize>,
-
-    /// Fewest characters (Unicode code points) in a new password.
-    #[arg(long, env = "AUTHQL_PASSWORD_MIN_LENGTH", default_value_t = 15,
-          value_parser = clap::value_parser!(u32).range(8..=72), global = true)]
-    pub password_min_length: u32,
 
     /// Most live sessions per user; a login beyond it revokes the oldest.
     /// 0: no cap.
-    #[arg(
-        long,
-        env = "AUTHQL_MAX_SESSIONS_PER_USER",
-        default_value_t = 0,
-        global = true
-    )]
+    #[arg(long, env = "AUTHQL_MAX_SESSIONS_PER_USER", default_value_t = 0)]
     pub max_sessions_per_user: u32,
 
     /// Captcha service checked at login when a secret is set.
-    #[arg(long, env = "AUTHQL_CAPTCHA_PROVIDER", value_enum, default_value_t = CaptchaProvider::Recaptcha, global = true)]
+    #[arg(long, env = "AUTHQL_CAPTCHA_PROVIDER", value_enum, default_value_t = CaptchaProvider::Recaptcha)]
     pub captcha_provider: CaptchaProvider,
 
     /// Captcha secret key; unset: no captcha.
-    #[arg(
-        long,
-        env = "AUTHQL_CAPTCHA_SECRET",
-        hide_env_values = true,
-        global = true
-    )]
+    #[arg(long, env = "AUTHQL_CAPTCHA_SECRET", value_name = "SECRET")]
     pub captcha_secret: Option<SecretString>,
 
     /// Captcha verification URL [default: the provider's siteverify URL].
-    #[arg(long, env = "AUTHQL_CAPTCHA_VERIFY_URL", value_parser = parse_http_url, global = true)]
+    #[arg(long, env = "AUTHQL_CAPTCHA_VERIFY_URL", value_parser = parse_http_url, value_name = "URL")]
     pub captcha_verify_url: Option<String>,
 
     /// Lowest reCAPTCHA v3 score accepted, 0.0 to 1.0.
-    #[arg(long, env = "AUTHQL_CAPTCHA_MIN_SCORE", default_value = "0.5", value_parser = parse_score, global = true)]
+    #[arg(long, env = "AUTHQL_CAPTCHA_MIN_SCORE", default_value = "0.5", value_parser = parse_score, value_name = "SCORE")]
     pub captcha_min_score: f64,
 
     /// reCAPTCHA v3 action the answer must carry.
@@ -116,55 +112,142 @@ pub struct Settings {
         long,
         env = "AUTHQL_CAPTCHA_ACTION",
         default_value = "login",
-        global = true
+        value_name = "ACTION"
     )]
     pub captcha_action: String,
 
     /// Serve schema introspection (GraphiQL and codegen need it); false also
     /// turns off field suggestions in errors.
     #[arg(long, env = "AUTHQL_INTROSPECTION", default_value_t = true,
-          action = clap::ArgAction::Set, global = true)]
+          action = clap::ArgAction::Set, value_name = "BOOL")]
     pub introspection: bool,
 
     /// Take the client IP from the last X-Forwarded-For entry (set it only
     /// behind a proxy that appends that header).
     #[arg(long, env = "AUTHQL_TRUST_FORWARDED_FOR", default_value_t = false,
-          action = clap::ArgAction::Set, global = true)]
+          action = clap::ArgAction::Set, value_name = "BOOL")]
     pub trust_forwarded_for: bool,
 
-    /// Comma-separated origins allowed to call from a browser.
-    #[arg(long, env = "AUTHQL_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin, global = true)]
+    /// Comma-separated origins allowed to call from a browser, such as
+    /// https://app.example.com.
+    #[arg(long, env = "AUTHQL_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin, value_name = "ORIGINS")]
     pub cors_origins: Vec<String>,
-
-    /// Log format.
-    #[arg(long, env = "AUTHQL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
-    pub log_format: LogFormat,
 
     /// Most client connections open at once; more are closed on arrival.
     #[arg(long, env = "AUTHQL_MAX_CONNECTIONS", default_value_t = 1024,
-          value_parser = clap::value_parser!(u32).range(1..=1_000_000), global = true)]
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
 
     /// Seconds a client has to send a request's headers; also how long an
     /// idle kept-alive connection stays open.
-    #[arg(long, env = "AUTHQL_HEADER_READ_TIMEOUT", default_value = "10", value_parser = parse_seconds, global = true)]
+    #[arg(long, env = "AUTHQL_HEADER_READ_TIMEOUT", default_value = "10", value_parser = parse_seconds, value_name = "SECONDS")]
     pub header_read_timeout: Duration,
+}
+
+/// How log lines are written: every command that logs.
+#[derive(Args, Clone)]
+pub struct LogArgs {
+    /// Log format.
+    #[arg(long, env = "AUTHQL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Everything `serve` takes.
+#[derive(Args, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub passwords: PasswordArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// The validated settings of the server and the domain, one flat value
+/// built once from the parsed flags.
+#[derive(Clone)]
+pub struct Settings {
+    pub database_url: String,
+    pub db_max_connections: u32,
+    pub listen: SocketAddr,
+    pub token_ttl: Duration,
+    pub cache_ttl: Duration,
+    pub cache_capacity: u64,
+    pub bcrypt_cost: u32,
+    pub login_rate: LoginRate,
+    pub hash_concurrency: Option<NonZeroUsize>,
+    pub password_min_length: u32,
+    pub max_sessions_per_user: u32,
+    pub captcha_provider: CaptchaProvider,
+    pub captcha_secret: Option<SecretString>,
+    pub captcha_verify_url: Option<String>,
+    pub captcha_min_score: f64,
+    pub captcha_action: String,
+    pub introspection: bool,
+    pub trust_forwarded_for: bool,
+    pub cors_origins: Vec<String>,
+    pub max_connections: u32,
+    pub header_read_timeout: Duration,
+}
+
+impl From<ServeArgs> for Settings {
+    fn from(args: ServeArgs) -> Self {
+        let ServeArgs {
+            database,
+            passwords,
+            server,
+            log: _,
+        } = args;
+        Self {
+            database_url: database.database_url,
+            bcrypt_cost: passwords.bcrypt_cost,
+            password_min_length: passwords.password_min_length,
+            listen: server.listen,
+            db_max_connections: server.db_max_connections,
+            token_ttl: server.token_ttl,
+            cache_ttl: server.cache_ttl,
+            cache_capacity: server.cache_capacity,
+            login_rate: server.login_rate,
+            hash_concurrency: server.hash_concurrency,
+            max_sessions_per_user: server.max_sessions_per_user,
+            captcha_provider: server.captcha_provider,
+            captcha_secret: server.captcha_secret,
+            captcha_verify_url: server.captcha_verify_url,
+            captcha_min_score: server.captcha_min_score,
+            captcha_action: server.captcha_action,
+            introspection: server.introspection,
+            trust_forwarded_for: server.trust_forwarded_for,
+            cors_origins: server.cors_origins,
+            max_connections: server.max_connections,
+            header_read_timeout: server.header_read_timeout,
+        }
+    }
 }
 
 impl Settings {
     /// The settings with every default, then `args` (flags as on the command
-    /// line). Used by tests and benches.
+    /// line). The environment is not read, so a developer's shell cannot
+    /// change a test. Used by tests and benches.
     ///
     /// # Panics
     /// When `args` are not valid flags.
     pub fn from_args(args: &[&str]) -> Self {
-        #[derive(clap::Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            settings: Settings,
+        parse_without_env::<ServeArgs>(args).into()
+    }
+
+    /// The settings of a command that is not the server: its database and
+    /// password policy, the server's settings at their defaults (their flags
+    /// and variables are not read: they do not apply).
+    pub fn for_command(database: DatabaseArgs, passwords: PasswordArgs) -> Self {
+        ServeArgs {
+            database,
+            passwords,
+            server: parse_without_env(&[]),
+            log: parse_without_env(&[]),
         }
-        let argv = std::iter::once("authql").chain(args.iter().copied());
-        <Wrapper as clap::Parser>::parse_from(argv).settings
+        .into()
     }
 
     /// bcrypt computations allowed at once.
@@ -173,6 +256,26 @@ impl Settings {
             .or_else(|| std::thread::available_parallelism().ok())
             .map_or(2, NonZeroUsize::get)
     }
+}
+
+impl Default for PasswordArgs {
+    /// The defaults, for commands that set no password.
+    fn default() -> Self {
+        parse_without_env(&[])
+    }
+}
+
+/// `T` from `args` and the defaults, ignoring the environment.
+///
+/// # Panics
+/// When `args` are not valid flags for `T`.
+fn parse_without_env<T: Args + FromArgMatches>(args: &[&str]) -> T {
+    let command = T::augment_args(clap::Command::new("authql").no_binary_name(true))
+        .mut_args(|arg| arg.env(None));
+    let parsed = command
+        .try_get_matches_from(args)
+        .and_then(|matches| T::from_arg_matches(&matches));
+    parsed.unwrap_or_else(|err| panic!("invalid settings {args:?}: {err}"))
 }
 
 /// Written by hand: the database URL may hold a password, and the captcha
@@ -193,6 +296,122 @@ impl fmt::Debug for Settings {
             )
             .finish_non_exhaustive()
     }
+}
+
+/// A setting that cannot be used: which one (flag and environment
+/// variable), the value (passwords masked), what is wrong with it and, for
+/// the common cases, how to fix it.
+#[derive(Debug)]
+pub struct SettingError(Box<Refused>);
+
+/// Boxed: an error is rare, and a `Result` carrying it stays small.
+#[derive(Debug)]
+struct Refused {
+    flag: String,
+    env: Option<String>,
+    from_env: bool,
+    value: String,
+    problem: String,
+    hint: Option<String>,
+}
+
+impl SettingError {
+    /// `flag` is the long flag (`--token-ttl`); its environment variable is
+    /// looked up among authql's settings. `value` is shown with any password
+    /// masked.
+    pub fn new(flag: &str, value: &str, problem: impl Into<String>) -> Self {
+        Self(Box::new(Refused {
+            flag: flag.to_owned(),
+            env: env_var_of(flag),
+            from_env: false,
+            value: crate::db::redact_url(value),
+            problem: problem.into(),
+            hint: None,
+        }))
+    }
+
+    /// Adds a line on how to fix it.
+    #[must_use]
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.0.hint = Some(hint.into());
+        self
+    }
+
+    /// Says whether the value came from the environment variable rather
+    /// than the flag, which decides the one the message leads with.
+    pub fn set_from_env(&mut self, from_env: bool) {
+        self.0.from_env = from_env && self.0.env.is_some();
+    }
+
+    pub fn flag(&self) -> &str {
+        &self.0.flag
+    }
+
+    pub fn env(&self) -> Option<&str> {
+        self.0.env.as_deref()
+    }
+
+    /// The address to listen on cannot be bound.
+    pub fn listen(addr: SocketAddr, err: &std::io::Error) -> Self {
+        let error = Self::new(
+            "--listen",
+            &addr.to_string(),
+            format!("cannot listen there: {err}"),
+        );
+        match err.kind() {
+            std::io::ErrorKind::AddrInUse => error.hint(
+                "another program (or another authql) uses this port: stop it, or choose another port",
+            ),
+            std::io::ErrorKind::AddrNotAvailable => {
+                error.hint("this machine has no such address: use 127.0.0.1, 0.0.0.0 or one of its own")
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                error.hint("ports below 1024 need privileges: choose a port of 1024 or more")
+            }
+            _ => error,
+        }
+    }
+}
+
+impl fmt::Display for SettingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Refused {
+            flag,
+            env,
+            from_env,
+            value,
+            problem,
+            hint,
+        } = &*self.0;
+        match (env, from_env) {
+            (Some(env), true) => write!(
+                f,
+                "{env}='{value}' (the environment variable for {flag}): {problem}"
+            )?,
+            (Some(env), false) => write!(
+                f,
+                "{flag} '{value}' (or the environment variable {env}): {problem}"
+            )?,
+            (None, _) => write!(f, "{flag} '{value}': {problem}")?,
+        }
+        if let Some(hint) = hint {
+            write!(f, "\n  hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SettingError {}
+
+/// The environment variable of the setting whose long flag is `flag`, as
+/// declared on the flag itself.
+pub fn env_var_of(flag: &str) -> Option<String> {
+    let long = flag.strip_prefix("--")?;
+    let command = ServeArgs::augment_args(clap::Command::new("authql"));
+    let arg = command
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(long))?;
+    arg.get_env().map(|env| env.to_string_lossy().into_owned())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -268,15 +487,44 @@ fn parse_http_url(s: &str) -> Result<String, String> {
     }
 }
 
+/// An origin as browsers send it in `Origin`: scheme and host lower-cased,
+/// the default port dropped, no path (`https://App.Example.com:443/` is
+/// `https://app.example.com`), so that comparing texts compares origins.
 fn parse_origin(s: &str) -> Result<String, String> {
-    let s = s.trim().trim_end_matches('/');
-    let url = reqwest::Url::parse(s).map_err(|e| format!("not an origin: {e}"))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || url.path() != "/" {
-        return Err(format!(
-            "expected an origin such as https://app.example.com, got {s}"
-        ));
+    let s = s.trim();
+    let expected = || format!("expected an origin such as https://app.example.com, got {s}");
+    let url = reqwest::Url::parse(s).map_err(|_| expected())?;
+    let bare = url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && url.username().is_empty()
+        && url.password().is_none();
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || !bare {
+        return Err(expected());
     }
-    Ok(s.to_owned())
+    Ok(url.origin().ascii_serialization())
+}
+
+/// `IP:PORT`, or `HOST:PORT` with the host name resolved now (the first
+/// address it resolves to), so `localhost:8000` works.
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    let expected = "expected IP:PORT or HOST:PORT, such as 127.0.0.1:8000 or localhost:8000";
+    let (host, port) = s.rsplit_once(':').ok_or(expected)?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{expected}; the port must be a number from 0 to 65535"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(expected.to_owned());
+    }
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|err| format!("cannot resolve the host name {host}: {err}"))?
+        .next()
+        .ok_or_else(|| format!("the host name {host} resolves to no address"))
 }
 
 #[cfg(test)]
@@ -330,7 +578,81 @@ mod tests {
             "https://app.example.com"
         );
         assert!(parse_origin("https://app.example.com/path").is_err());
+        assert!(parse_origin("https://app.example.com?x=1").is_err());
+        assert!(parse_origin("https://user@app.example.com").is_err());
         assert!(parse_origin("app.example.com").is_err());
+        assert!(parse_origin("null").is_err());
+    }
+
+    #[test]
+    fn origins_are_normalised_as_browsers_send_them() {
+        for (given, sent) in [
+            ("https://App.Example.COM", "https://app.example.com"),
+            ("HTTPS://app.example.com:443/", "https://app.example.com"),
+            ("http://localhost:80", "http://localhost"),
+            ("http://localhost:8080", "http://localhost:8080"),
+            ("https://bücher.example", "https://xn--bcher-kva.example"),
+            ("http://[::1]:3000", "http://[::1]:3000"),
+        ] {
+            assert_eq!(parse_origin(given).unwrap(), sent, "{given}");
+        }
+    }
+
+    #[test]
+    fn listen_takes_addresses_and_host_names() {
+        assert_eq!(
+            parse_listen("127.0.0.1:8000"),
+            Ok("127.0.0.1:8000".parse().unwrap())
+        );
+        assert_eq!(parse_listen("[::1]:9").unwrap().port(), 9);
+        let localhost = parse_listen("localhost:8000").unwrap();
+        assert!(localhost.ip().is_loopback(), "{localhost}");
+        assert_eq!(localhost.port(), 8000);
+        for bad in [
+            "",
+            "8000",
+            "localhost",
+            "localhost:http",
+            ":8000",
+            "no-such-host.invalid:1",
+        ] {
+            assert!(parse_listen(bad).is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn setting_errors_name_flag_and_variable_and_mask_passwords() {
+        let err = SettingError::new(
+            "--database-url",
+            "postgres://app:s3cret@db/auth",
+            "cannot connect",
+        )
+        .hint("is it running?");
+        let text = err.to_string();
+        assert!(text.contains("--database-url"), "{text}");
+        assert!(text.contains("DATABASE_URL"), "{text}");
+        assert!(text.contains("postgres://app:***@db/auth"), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("hint: is it running?"), "{text}");
+        let mut from_env = SettingError::new("--token-ttl", "abc", "bad");
+        from_env.set_from_env(true);
+        assert!(
+            from_env.to_string().starts_with("AUTHQL_TOKEN_TTL='abc'"),
+            "{from_env}"
+        );
+    }
+
+    #[test]
+    fn every_setting_has_its_variable_and_from_args_ignores_the_environment() {
+        assert_eq!(env_var_of("--listen").as_deref(), Some("AUTHQL_LISTEN"));
+        assert_eq!(
+            env_var_of("--database-url").as_deref(),
+            Some("DATABASE_URL")
+        );
+        assert_eq!(env_var_of("--nonsense"), None);
+        let settings = Settings::from_args(&["--token-ttl", "60"]);
+        assert_eq!(settings.token_ttl, Duration::from_secs(60));
+        assert_eq!(settings.database_url, "sqlite://authql.db?mode=rwc");
     }
 
     #[test]

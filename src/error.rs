@@ -31,6 +31,10 @@ pub enum AuthError {
     /// Wrong username or password; deliberately the same for unknown and
     /// inactive users.
     InvalidCredentials,
+    /// A signed-in user's current password is wrong (`changePassword`'s
+    /// `oldPassword`): the same code as `InvalidCredentials`, in words that
+    /// fit a user who is signed in.
+    WrongCurrentPassword,
     CaptchaRequired,
     CaptchaInvalid,
     CaptchaUnavailable,
@@ -62,11 +66,13 @@ impl AuthError {
                 "the token has expired; sign in again".into()
             }
             Self::InvalidCredentials => "invalid username or password".into(),
+            Self::WrongCurrentPassword => "the current password is wrong".into(),
             Self::CaptchaRequired => "a captcha answer is required".into(),
             Self::CaptchaInvalid => "the captcha answer was refused".into(),
             Self::CaptchaUnavailable => {
                 "the captcha could not be verified right now; try again".into()
             }
+            Self::RateLimited { retry_after: 1 } => "too many attempts; retry in 1 second".into(),
             Self::RateLimited { retry_after } => {
                 format!("too many attempts; retry in {retry_after} seconds")
             }
@@ -79,7 +85,7 @@ impl AuthError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Unauthenticated(_) => "UNAUTHENTICATED",
-            Self::InvalidCredentials => "INVALID_CREDENTIALS",
+            Self::InvalidCredentials | Self::WrongCurrentPassword => "INVALID_CREDENTIALS",
             Self::CaptchaRequired => "CAPTCHA_REQUIRED",
             Self::CaptchaInvalid => "CAPTCHA_INVALID",
             Self::CaptchaUnavailable => "CAPTCHA_UNAVAILABLE",
@@ -87,6 +93,16 @@ impl AuthError {
             Self::BadUserInput { .. } => "BAD_USER_INPUT",
             Self::NotFound => "NOT_FOUND",
             Self::Internal(_) => "INTERNAL_SERVER_ERROR",
+        }
+    }
+
+    /// This error as the answer to a signed-in user who gave a password to
+    /// confirm a change: `InvalidCredentials` there means the current
+    /// password is wrong.
+    pub fn for_current_password(self) -> Self {
+        match self {
+            Self::InvalidCredentials => Self::WrongCurrentPassword,
+            other => other,
         }
     }
 

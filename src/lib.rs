@@ -9,7 +9,9 @@ pub mod auth;
 pub mod cli;
 /// "Now", movable in tests.
 pub mod clock;
-/// Settings parsed and validated at start.
+/// What each command does; how failures read and exit.
+pub mod commands;
+/// Settings parsed and validated at start; errors that name them.
 pub mod config;
 /// Connecting, migrating and pinging the database; the entities.
 pub mod db;

@@ -12,7 +12,7 @@ use sea_orm::{ConnectionTrait as _, DbBackend};
 
 use crate::auth::{listener, sweeper, AuthService};
 use crate::clock::Clock;
-use crate::config::Settings;
+use crate::config::{SettingError, Settings};
 use crate::state::AppState;
 use crate::{db, graphql, http, metrics};
 
@@ -29,7 +29,7 @@ pub struct App {
 }
 
 impl App {
-    /// Connects, migrates, and binds the listening socket.
+    /// Binds the listening socket, connects and migrates.
     ///
     /// # Errors
     /// When the database cannot be reached or migrated, or the address
@@ -43,6 +43,10 @@ impl App {
     /// # Errors
     /// As `build`.
     pub async fn build_with_clock(settings: Settings, clock: Clock) -> anyhow::Result<Self> {
+        // Bind first: a port in use is found before the database is touched.
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .map_err(|err| SettingError::listen(settings.listen, &err))?;
         let db = db::connect(&settings.database_url, settings.db_max_connections).await?;
         db::migrate(&db).await?;
         let auth = Arc::new(AuthService::new(db, &settings, clock).await?);
@@ -57,9 +61,6 @@ impl App {
             trust_forwarded_for: settings.trust_forwarded_for,
             auth,
         };
-        let listener = tokio::net::TcpListener::bind(settings.listen)
-            .await
-            .with_context(|| format!("cannot listen on {} (--listen)", settings.listen))?;
         Ok(Self {
             listener,
             state,
@@ -130,7 +131,10 @@ impl App {
             "authql serving"
         );
         if users == 0 {
-            tracing::info!("no users yet: create one with `authql user create USERNAME`");
+            tracing::info!(
+                "no users yet: create one with `authql user create USERNAME --database-url '{}'`",
+                db::redact_url(&s.database_url)
+            );
         }
     }
 }

@@ -3,21 +3,36 @@
 
 pub mod entities;
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use migration::{Migrator, MigratorTrait};
+use sea_orm::sqlx::{self, ConnectOptions as _, Connection as _};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend};
+
+use crate::config::SettingError;
 
 /// How long a request waits for a pooled connection before it fails, so that
 /// an unreachable database gives an error rather than a hung request.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+const DATABASE_URL_FLAG: &str = "--database-url";
+const URL_FORMS: &str = "use sqlite://FILE?mode=rwc (a file, created when missing) or \
+                         postgres://USER:PASSWORD@HOST:PORT/DATABASE";
+
 /// Opens a pool on `url`.
 ///
 /// # Errors
-/// When the URL is malformed or the database cannot be reached.
+/// A [`SettingError`] naming `--database-url` when the URL is malformed or
+/// the database cannot be reached (with the driver's own reason, such as
+/// "connection refused", and a hint for the common cases).
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<DatabaseConnection> {
+    let backend = backend_of(url)?;
+    // One connection of our own first: the pool retries a failed connection
+    // until its timeout and then reports only "pool timed out", losing the
+    // reason ("connection refused", "unable to open database file").
+    check_reachable(url, backend).await?;
     let mut options = ConnectOptions::new(url.to_owned());
     options
         .max_connections(max_connections)
@@ -28,11 +43,8 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Database
     // The driver's error can quote the URL, password and all: pass on only
     // its text with the URL redacted.
     let db = Database::connect(options).await.map_err(|err| {
-        anyhow::anyhow!(
-            "cannot connect to the database at {}: {}",
-            redact_url(url),
-            err.to_string().replace(url, &redact_url(url))
-        )
+        let reason = err.to_string().replace(url, &redact_url(url));
+        SettingError::new(DATABASE_URL_FLAG, url, format!("cannot connect: {reason}"))
     })?;
     if db.get_database_backend() == DbBackend::Sqlite {
         // WAL lets readers go on while one connection writes; the mode is
@@ -43,6 +55,131 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Database
             .context("cannot configure SQLite")?;
     }
     Ok(db)
+}
+
+/// The backend a URL names, or why authql cannot use it.
+fn backend_of(url: &str) -> Result<DbBackend, SettingError> {
+    if url.starts_with("sqlite:") {
+        Ok(DbBackend::Sqlite)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(DbBackend::Postgres)
+    } else {
+        let problem = match url.split_once("://") {
+            Some((scheme, _)) => format!("authql cannot use {scheme}:// databases"),
+            None => "not a database URL".to_owned(),
+        };
+        Err(SettingError::new(DATABASE_URL_FLAG, url, problem).hint(URL_FORMS))
+    }
+}
+
+/// Opens and closes one connection, turning a failure into a setting error
+/// that keeps the driver's reason.
+async fn check_reachable(url: &str, backend: DbBackend) -> Result<(), SettingError> {
+    let refused = |problem: String, hint: Option<String>| {
+        let err = SettingError::new(DATABASE_URL_FLAG, url, problem);
+        match hint {
+            Some(hint) => err.hint(hint),
+            None => err,
+        }
+    };
+    let attempt = async {
+        if backend == DbBackend::Sqlite {
+            let options: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
+            options.connect().await?.close().await
+        } else {
+            let options: sqlx::postgres::PgConnectOptions = url.parse()?;
+            options.connect().await?.close().await
+        }
+    };
+    match tokio::time::timeout(ACQUIRE_TIMEOUT, attempt).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => {
+            let reason = err.to_string().replace(url, &redact_url(url));
+            let hint = hint_for(&err, url, backend);
+            Err(refused(format!("cannot connect: {reason}"), hint))
+        }
+        Err(_) => Err(refused(
+            format!("no answer within {} s", ACQUIRE_TIMEOUT.as_secs()),
+            Some(format!(
+                "check the host and port ({}) and that no firewall drops the connection",
+                host_and_port(url)
+            )),
+        )),
+    }
+}
+
+/// How to fix the common failures, in the user's terms.
+fn hint_for(err: &sqlx::Error, url: &str, backend: DbBackend) -> Option<String> {
+    match err {
+        sqlx::Error::Configuration(_) => Some(URL_FORMS.to_owned()),
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => Some(format!(
+            "nothing accepts connections at {}: is PostgreSQL running there, and are the host and port right?",
+            host_and_port(url)
+        )),
+        sqlx::Error::Io(io) if io.to_string().contains("lookup") => {
+            Some("the host name does not resolve: check it".to_owned())
+        }
+        sqlx::Error::Tls(_) => Some(
+            "the TLS handshake failed: check sslmode in the URL (sslmode=disable for a server without TLS)"
+                .to_owned(),
+        ),
+        sqlx::Error::Database(db) if backend == DbBackend::Sqlite => {
+            (db.code().as_deref() == Some(SQLITE_CANTOPEN)).then(|| sqlite_open_hint(url))
+        }
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some("28P01" | "28000") => {
+                Some("check the user name and password in the URL".to_owned())
+            }
+            Some("3D000") => Some(
+                "the database does not exist: create it (createdb NAME) or fix its name in the URL"
+                    .to_owned(),
+            ),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// SQLite's "unable to open database file".
+const SQLITE_CANTOPEN: &str = "14";
+
+/// Why SQLite could not open the file: it does not exist (and the URL does
+/// not ask for it to be created), its directory does not exist, or it may
+/// not be opened.
+fn sqlite_open_hint(url: &str) -> String {
+    let rest = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let (file, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let path = Path::new(file);
+    let creates = query.split('&').any(|pair| pair == "mode=rwc");
+    let directory = path.parent().filter(|dir| !dir.as_os_str().is_empty());
+    if let Some(dir) = directory.filter(|dir| !dir.exists()) {
+        format!(
+            "the directory {} does not exist: create it first",
+            dir.display()
+        )
+    } else if !path.exists() && !creates {
+        let separator = if query.is_empty() { '?' } else { '&' };
+        format!(
+            "the file {file} does not exist: add ?mode=rwc to create it ({}{separator}mode=rwc)",
+            redact_url(url)
+        )
+    } else {
+        format!("check that {file} and its directory may be read and written")
+    }
+}
+
+/// `HOST:PORT` of a PostgreSQL URL, for hints.
+fn host_and_port(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) => format!(
+            "{}:{}",
+            parsed.host_str().unwrap_or("localhost"),
+            parsed.port().unwrap_or(5432)
+        ),
+        Err(_) => "the URL's host and port".to_owned(),
+    }
 }
 
 /// Applies every pending migration.
@@ -61,15 +198,23 @@ pub async fn ping(db: &DatabaseConnection) -> bool {
 }
 
 /// The URL with any password (in the authority or as a `password=` query
-/// parameter) replaced, for messages and logs.
+/// parameter) replaced, for messages and logs; a URL without a password is
+/// returned as it was written. Text that does not parse as a URL is masked
+/// the same way by position (`scheme://user:***@host`).
 pub fn redact_url(url: &str) -> String {
     let Ok(mut parsed) = reqwest::Url::parse(url) else {
-        return "[unparseable database URL]".to_owned();
+        return mask_unparsed(url);
     };
+    let password_in_query = parsed
+        .query_pairs()
+        .any(|(k, _)| k.eq_ignore_ascii_case("password"));
+    if parsed.password().is_none() && !password_in_query {
+        return url.to_owned();
+    }
     if parsed.password().is_some() {
         let _ = parsed.set_password(Some("***"));
     }
-    if parsed.query().is_some() {
+    if password_in_query {
         let pairs: Vec<(String, String)> = parsed
             .query_pairs()
             .map(|(k, v)| {
@@ -86,9 +231,35 @@ pub fn redact_url(url: &str) -> String {
     parsed.to_string()
 }
 
+/// [`redact_url`] for text the URL parser refuses: whatever follows the
+/// user name up to the last `@`, and every `password=` value, become `***`.
+fn mask_unparsed(text: &str) -> String {
+    let start = text.find("://").map_or(0, |i| i + 3);
+    let mut masked = match text[start..].rfind('@') {
+        Some(at) => {
+            let at = start + at;
+            match text[start..at].find(':') {
+                Some(colon) => format!("{}***{}", &text[..=start + colon], &text[at..]),
+                None => text.to_owned(),
+            }
+        }
+        None => text.to_owned(),
+    };
+    let mut from = 0;
+    while let Some(found) = masked[from..].to_ascii_lowercase().find("password=") {
+        let value_start = from + found + "password=".len();
+        let value_end = masked[value_start..]
+            .find('&')
+            .map_or(masked.len(), |i| value_start + i);
+        masked.replace_range(value_start..value_end, "***");
+        from = value_start + 3;
+    }
+    masked
+}
+
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::*;
 
     #[test]
     fn a_password_in_the_url_is_hidden() {
@@ -103,6 +274,19 @@ mod tests {
         let redacted = redact_url("postgres://db/auth?user=app&password=s3cret&sslmode=require");
         assert!(!redacted.contains("s3cret"), "{redacted}");
         assert!(redacted.contains("sslmode=require"));
+    }
+
+    #[test]
+    fn text_that_is_not_a_url_is_masked_too() {
+        assert_eq!(redact_url("garbage"), "garbage");
+        assert_eq!(
+            redact_url("postgres://app:p@ss w0rd@db/auth"),
+            "postgres://app:***@db/auth"
+        );
+        assert_eq!(
+            redact_url("db host=x password=s3cret&a=b"),
+            "db host=x password=***&a=b"
+        );
     }
 
     #[test]

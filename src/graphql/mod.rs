@@ -4,6 +4,7 @@
 pub mod context;
 pub mod documents;
 pub mod error;
+pub mod introspection;
 pub mod limits;
 pub mod mutation;
 pub mod query;
@@ -11,6 +12,7 @@ pub mod shape;
 pub mod types;
 
 use async_graphql::{EmptySubscription, Schema};
+use chrono::{DateTime, Utc};
 
 pub use context::RequestContext;
 use documents::Validated;
@@ -24,9 +26,11 @@ pub type AuthqlSchema = Schema<Query, Mutation, EmptySubscription>;
 /// The schema as served, printed by `authql schema`, and tested.
 pub fn build_schema(introspection: bool) -> AuthqlSchema {
     let builder = Schema::build(Query, Mutation, EmptySubscription)
+        .override_output_type_description::<DateTime<Utc>>(introspection::DATE_TIME)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
-        .extension(limits::RequestLimits);
+        .extension(limits::RequestLimits)
+        .extension(introspection::NoSchemaDescription);
     if introspection {
         builder.finish()
     } else {
@@ -37,9 +41,9 @@ pub fn build_schema(introspection: bool) -> AuthqlSchema {
     }
 }
 
-/// The SDL of the schema.
+/// The SDL of the schema, as introspection reports it.
 pub fn sdl() -> String {
-    build_schema(true).sdl()
+    build_schema(true).sdl_with_options(introspection::sdl_options())
 }
 
 /// Runs one request: its document is checked against every bound and

@@ -85,7 +85,8 @@ impl Mutation {
                 Password::new(&new_password),
                 &request.client,
             )
-            .await?;
+            .await
+            .map_err(AuthError::for_current_password)?;
         Ok(issued.into())
     }
 }

@@ -10,11 +10,17 @@ use crate::auth;
 #[derive(SimpleObject)]
 #[graphql(name = "User")]
 pub struct UserObject {
+    /// The user's id.
     pub id: ID,
+    /// The username, lower-cased: usernames are compared without case, so `Alice` and `alice` are one account.
     pub username: String,
+    /// The email address, when one was given.
     pub email: Option<String>,
+    /// False once the user is deactivated; a deactivated user cannot sign in.
     pub is_active: bool,
+    /// When the account was created.
     pub date_joined: DateTime<Utc>,
+    /// When the user last signed in; null before the first sign-in.
     pub last_login: Option<DateTime<Utc>>,
 }
 
@@ -35,10 +41,15 @@ impl From<&auth::User> for UserObject {
 #[derive(SimpleObject)]
 #[graphql(name = "Session")]
 pub struct SessionObject {
+    /// The session's id, for `revokeSession`.
     pub id: ID,
+    /// When the user signed in on this device.
     pub created_at: DateTime<Utc>,
+    /// When this session's token stops working.
     pub expires_at: DateTime<Utc>,
+    /// The `User-Agent` header the sign-in came with, if any.
     pub user_agent: Option<String>,
+    /// The client's IP address at sign-in, if known.
     pub ip: Option<String>,
     /// True for the session whose token made this request.
     pub current: bool,
@@ -62,7 +73,9 @@ impl SessionObject {
 pub struct AuthPayload {
     /// Send it as `Authorization: Bearer <token>`. Shown once.
     pub token: String,
+    /// When the token stops working; sign in again then.
     pub expires_at: DateTime<Utc>,
+    /// The signed-in user.
     pub user: UserObject,
 }
 

@@ -6,7 +6,7 @@ pub mod server;
 
 use std::time::{Duration, Instant};
 
-use poem::http::{HeaderValue, Method, StatusCode};
+use poem::http::{header, HeaderValue, Method, StatusCode};
 use poem::middleware::{CatchPanic, Cors};
 use poem::web::Data;
 use poem::{get, handler, Endpoint, EndpointExt as _, IntoResponse, Request, Response, Route};
@@ -42,9 +42,37 @@ pub fn routes(
                     .expose_headers([REQUEST_ID])
                     .max_age(600),
             )
+            .around(vary_by_origin)
             .boxed()
     };
     route.around(with_request_id).map_to_response().boxed()
+}
+
+/// With CORS on, every answer depends on the request's `Origin` (allowed,
+/// refused, or none sent), so every answer says so, and a shared cache never
+/// serves one origin's answer to another. poem's `Cors` says it only for
+/// some of them, and replaces any `Vary` the endpoint set; this appends.
+async fn vary_by_origin<E: Endpoint>(
+    next: std::sync::Arc<E>,
+    req: Request,
+) -> poem::Result<Response> {
+    let mut response = match next.call(req).await {
+        Ok(response) => response.into_response(),
+        Err(err) => err.into_response(),
+    };
+    let varies = response
+        .headers()
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|name| name.trim().eq_ignore_ascii_case("origin") || name.trim() == "*");
+    if !varies {
+        response
+            .headers_mut()
+            .append(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    Ok(response)
 }
 
 /// Gives each request an id (the client's, when well-formed), attaches it

@@ -48,6 +48,11 @@ async fn a_wrong_old_password_is_refused_and_changes_nothing() {
     .await;
 
     assert_eq!(error_code(&body), "INVALID_CREDENTIALS");
+    // Said to a signed-in user: about the password, not the username.
+    assert_eq!(
+        body["errors"][0]["message"],
+        "the current password is wrong"
+    );
     assert!(app.me(&token).await["data"]["me"].is_object());
     app.login(&user).await;
 }

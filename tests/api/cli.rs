@@ -1,5 +1,10 @@
+//! The binary as a user runs it: the user commands; settings refused with
+//! exit code 2 and a message naming the flag and the variable; the
+//! start-up hint; host names in `--listen`; each command's `--help`.
+
 use std::io::Write as _;
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 fn authql(args: &[&str], database_url: &str, stdin: Option<&str>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_authql"))
@@ -135,62 +140,285 @@ fn set_password_and_deactivate_name_an_unknown_user() {
     }
 }
 
-#[test]
-fn an_invalid_setting_stops_the_program_and_names_the_flag() {
-    let (_dir, db) = temp_db();
-    for (flag, value) in [
-        ("--token-ttl", "soon"),
-        ("--login-rate", "ten per minute"),
-        ("--bcrypt-cost", "99"),
-        ("--password-min-length", "4"),
-        ("--captcha-min-score", "2"),
-        ("--listen", "not-an-address"),
-        ("--cors-origins", "example.com/path"),
-    ] {
-        let output = authql(&["migrate", flag, value], &db, None);
-        assert_eq!(output.status.code(), Some(2), "{flag} {value}");
-        assert!(
-            stderr(&output).contains(flag),
-            "{flag}: {}",
-            stderr(&output)
-        );
+/// Runs authql with `args` and `envs` (and none of the test's own AUTHQL_*
+/// or DATABASE_URL), killing it if it has not exited after 30 s (a setting
+/// that should have been refused would otherwise serve forever).
+fn authql_with_env(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_authql"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("AUTHQL_") || name == "DATABASE_URL" {
+            command.env_remove(name);
+        }
     }
-    // The environment variables are checked the same way.
-    let output = Command::new(env!("CARGO_BIN_EXE_authql"))
-        .arg("migrate")
-        .env("DATABASE_URL", &db)
-        .env("AUTHQL_TOKEN_TTL", "0")
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("--token-ttl"));
+    let mut child = command
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("authql runs");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Every kind of refused value, with a command that takes the setting.
+const INVALID_SETTINGS: &[(&str, &str, &str, &[&str])] = &[
+    ("--token-ttl", "AUTHQL_TOKEN_TTL", "abc", &["serve"]),
+    ("--cache-ttl", "AUTHQL_CACHE_TTL", "0", &["serve"]),
+    (
+        "--login-rate",
+        "AUTHQL_LOGIN_RATE",
+        "ten per minute",
+        &["serve"],
+    ),
+    (
+        "--bcrypt-cost",
+        "AUTHQL_BCRYPT_COST",
+        "99",
+        &["user", "create", "zed", "--password-stdin"],
+    ),
+    (
+        "--password-min-length",
+        "AUTHQL_PASSWORD_MIN_LENGTH",
+        "4",
+        &["serve"],
+    ),
+    (
+        "--captcha-min-score",
+        "AUTHQL_CAPTCHA_MIN_SCORE",
+        "2",
+        &["serve"],
+    ),
+    (
+        "--captcha-provider",
+        "AUTHQL_CAPTCHA_PROVIDER",
+        "google",
+        &["serve"],
+    ),
+    (
+        "--captcha-verify-url",
+        "AUTHQL_CAPTCHA_VERIFY_URL",
+        "ftp://files",
+        &["serve"],
+    ),
+    ("--listen", "AUTHQL_LISTEN", "not-an-address", &["serve"]),
+    // No command: the default, serve.
+    ("--listen", "AUTHQL_LISTEN", "localhost:99999", &[]),
+    (
+        "--cors-origins",
+        "AUTHQL_CORS_ORIGINS",
+        "example.com/path",
+        &["serve"],
+    ),
+    (
+        "--introspection",
+        "AUTHQL_INTROSPECTION",
+        "maybe",
+        &["serve"],
+    ),
+    (
+        "--db-max-connections",
+        "AUTHQL_DB_MAX_CONNECTIONS",
+        "0",
+        &["serve"],
+    ),
+    (
+        "--cache-capacity",
+        "AUTHQL_CACHE_CAPACITY",
+        "lots",
+        &["serve"],
+    ),
+    (
+        "--hash-concurrency",
+        "AUTHQL_HASH_CONCURRENCY",
+        "0",
+        &["serve"],
+    ),
+    (
+        "--max-sessions-per-user",
+        "AUTHQL_MAX_SESSIONS_PER_USER",
+        "many",
+        &["serve"],
+    ),
+    ("--log-format", "AUTHQL_LOG_FORMAT", "xml", &["migrate"]),
+];
+
+#[test]
+fn an_invalid_flag_exits_2_naming_the_flag_and_its_variable() {
+    let (_dir, db) = temp_db();
+    for (flag, env, value, command) in INVALID_SETTINGS {
+        let mut args = command.to_vec();
+        args.extend([*flag, *value]);
+
+        let output = authql_with_env(&args, &[("DATABASE_URL", &db)]);
+
+        let message = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {message}");
+        assert!(
+            message.starts_with(&format!("error: {flag} '{value}'")),
+            "{args:?}: {message}"
+        );
+        assert!(message.contains(env), "{args:?}: {message}");
+    }
 }
 
 #[test]
-fn an_unreachable_database_is_a_clear_start_up_error() {
-    let output = authql(&["migrate"], "postgres://nobody@127.0.0.1:1/nothing", None);
-    assert!(!output.status.success());
+fn an_invalid_environment_variable_exits_2_naming_the_variable_first() {
+    let (_dir, db) = temp_db();
+    for (flag, env, value, command) in INVALID_SETTINGS {
+        let output = authql_with_env(command, &[("DATABASE_URL", &db), (env, value)]);
+
+        let message = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{env}={value}: {message}");
+        let expected = format!("error: {env}='{value}' (the environment variable for {flag})");
+        assert!(message.starts_with(&expected), "{env}={value}: {message}");
+    }
+}
+
+#[test]
+fn a_refused_value_is_shown_with_its_password_masked() {
+    let output = authql_with_env(
+        &[
+            "serve",
+            "--captcha-verify-url",
+            "ftp://bot:hunter2secret@files.example",
+        ],
+        &[],
+    );
+
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{message}");
+    assert!(message.contains("ftp://bot:***@files.example"), "{message}");
+    assert!(!message.contains("hunter2secret"), "{message}");
+}
+
+/// Runs `args` with DATABASE_URL=`url`; asserts exit code 2 and a message
+/// leading with DATABASE_URL and naming --database-url; returns the message.
+fn refused_database(args: &[&str], url: &str) -> String {
+    let output = authql_with_env(args, &[("DATABASE_URL", url)]);
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{url}: {message}");
     assert!(
-        stderr(&output).contains("cannot connect to the database"),
+        message.starts_with("error: DATABASE_URL='")
+            && message.contains("(the environment variable for --database-url)"),
+        "{url}: {message}"
+    );
+    message
+}
+
+#[test]
+fn a_database_url_that_is_not_one_exits_2_with_the_forms_to_use() {
+    for url in ["nonsense://", "garbage", "mysql://app@db/auth"] {
+        for command in [
+            &["migrate"][..],
+            &["serve", "--listen", "127.0.0.1:0"][..],
+            &["user", "deactivate", "someone"][..],
+        ] {
+            let message = refused_database(command, url);
+            assert!(message.contains(&format!("'{url}'")), "{message}");
+            assert!(
+                message.contains("hint: use sqlite://FILE?mode=rwc"),
+                "{command:?} {url}: {message}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_missing_sqlite_file_without_mode_rwc_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("missing.db");
+    let url = format!("sqlite://{}", file.display());
+
+    let message = refused_database(&["migrate"], &url);
+
+    assert!(
+        message.contains("unable to open database file"),
+        "{message}"
+    );
+    let hint = format!(
+        "hint: the file {} does not exist: add ?mode=rwc",
+        file.display()
+    );
+    assert!(message.contains(&hint), "{message}");
+    assert!(!file.exists());
+
+    let in_missing_dir = format!("sqlite://{}/nowhere/x.db?mode=rwc", dir.path().display());
+    let message = refused_database(&["migrate"], &in_missing_dir);
+    assert!(message.contains("nowhere does not exist"), "{message}");
+}
+
+#[test]
+fn a_closed_postgres_port_says_connection_refused_with_the_password_masked() {
+    let url = "postgres://nobody:hunter2secret@127.0.0.1:1/nothing";
+
+    let message = refused_database(&["migrate"], url);
+
+    assert!(
+        message.contains("'postgres://nobody:***@127.0.0.1:1/nothing'"),
+        "{message}"
+    );
+    assert!(!message.contains("hunter2secret"), "{message}");
+    assert!(
+        message.to_lowercase().contains("connection refused"),
+        "{message}"
+    );
+    assert!(!message.contains("timed out"), "{message}");
+    assert!(
+        message.contains("hint: nothing accepts connections at 127.0.0.1:1"),
+        "{message}"
+    );
+    // Given as a flag, the message leads with the flag.
+    let output = authql_with_env(&["migrate", "--database-url", url], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).starts_with("error: --database-url 'postgres://nobody:***@"),
         "{}",
         stderr(&output)
     );
-    let output = authql(&["migrate"], "mysterydb://what", None);
-    assert!(!output.status.success());
-    // Neither a refused connection nor a malformed URL prints the password.
+}
+
+#[test]
+fn an_unreachable_database_never_prints_the_password() {
     for url in [
-        "postgres://nobody:hunter2secret@127.0.0.1:1/nothing",
         "postgress://app:hunter2secret@db/auth",
         "postgres://127.0.0.1:1/db?password=hunter2secret",
+        "postgres://app:hunter2 secret@127.0.0.1:1/db",
     ] {
         let output = authql(&["migrate"], url, None);
-        assert!(!output.status.success());
-        assert!(
-            !stderr(&output).contains("hunter2secret"),
-            "{}",
-            stderr(&output)
-        );
+        assert_eq!(output.status.code(), Some(2), "{url}");
+        assert!(!stderr(&output).contains("hunter2"), "{}", stderr(&output));
     }
+}
+
+#[test]
+fn a_busy_port_is_found_before_the_database_is_created() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = busy.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("untouched.db");
+    let url = format!("sqlite://{}?mode=rwc", file.display());
+
+    let output = authql_with_env(&["serve", "--listen", &address], &[("DATABASE_URL", &url)]);
+
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{message}");
+    let expected =
+        format!("error: --listen '{address}' (or the environment variable AUTHQL_LISTEN)");
+    assert!(message.starts_with(&expected), "{message}");
+    assert!(message.contains("hint: another program"), "{message}");
+    assert!(
+        !file.exists(),
+        "the database was created before the port was tried"
+    );
 }
 
 #[test]
@@ -202,13 +430,14 @@ fn migrate_creates_the_tables_and_is_idempotent() {
     }
 }
 
-#[test]
-fn serve_on_a_database_without_users_says_how_to_create_one() {
+/// Serves with `args` and `envs` until a log line contains `wanted` (or 60 s
+/// pass), then stops the server; returns that line.
+fn serve_until_logged(args: &[&str], envs: &[(&str, &str)], wanted: &str) -> Option<String> {
     use std::io::BufRead as _;
-    let (_dir, db) = temp_db();
     let mut server = Command::new(env!("CARGO_BIN_EXE_authql"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--bcrypt-cost", "4"])
-        .env("DATABASE_URL", &db)
+        .args(args)
+        .envs(envs.iter().copied())
+        .env_remove("AUTHQL_LISTEN")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -226,16 +455,145 @@ fn serve_on_a_database_without_users_says_how_to_create_one() {
             }
         }
     });
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let mut hint = None;
-    while hint.is_none() && std::time::Instant::now() < deadline {
-        if let Ok(line) = received.recv_timeout(std::time::Duration::from_millis(200)) {
-            if line.contains("authql user create") {
-                hint = Some(line);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut found = None;
+    while found.is_none() && Instant::now() < deadline {
+        if let Ok(line) = received.recv_timeout(Duration::from_millis(200)) {
+            if line.contains(wanted) {
+                found = Some(line);
             }
         }
     }
     let _ = server.kill();
     let _ = server.wait();
-    assert!(hint.is_some(), "no hint on how to create a user");
+    found
+}
+
+#[test]
+fn serve_on_a_database_without_users_says_how_to_create_one_there() {
+    let (_dir, db) = temp_db();
+
+    let hint = serve_until_logged(
+        &["serve", "--listen", "127.0.0.1:0", "--bcrypt-cost", "4"],
+        &[("DATABASE_URL", &db)],
+        "authql user create",
+    )
+    .expect("no hint on how to create a user");
+
+    let command = format!("authql user create USERNAME --database-url '{db}'");
+    assert!(hint.contains(&command), "{hint}");
+    // The hinted command works, whatever DATABASE_URL says.
+    let created = authql(
+        &[
+            "user",
+            "create",
+            "first",
+            "--database-url",
+            &db,
+            "--password-stdin",
+        ],
+        "sqlite:///nowhere/else.db",
+        Some("a fine long passphrase\n"),
+    );
+    assert!(created.status.success(), "{}", stderr(&created));
+    let again = authql(
+        &["user", "create", "first", "--password-stdin"],
+        &db,
+        Some("a fine long passphrase\n"),
+    );
+    assert!(stderr(&again).contains("taken"), "{}", stderr(&again));
+}
+
+#[test]
+fn listen_takes_a_host_name_and_serves_without_a_command() {
+    let (_dir, db) = temp_db();
+
+    let line = serve_until_logged(
+        &["--listen", "localhost:0", "--bcrypt-cost", "4"],
+        &[("DATABASE_URL", &db)],
+        "authql serving",
+    )
+    .expect("the server did not start");
+
+    let address = line
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("listen="))
+        .unwrap_or_else(|| panic!("no listen address in {line}"));
+    let address: std::net::SocketAddr = address.parse().expect("an address");
+    assert!(address.ip().is_loopback(), "{address}");
+}
+
+/// Flags only the server takes.
+const SERVER_FLAGS: &[&str] = &[
+    "--listen",
+    "--db-max-connections",
+    "--token-ttl",
+    "--cache-ttl",
+    "--cache-capacity",
+    "--login-rate",
+    "--hash-concurrency",
+    "--max-sessions-per-user",
+    "--captcha-provider",
+    "--captcha-secret",
+    "--introspection",
+    "--trust-forwarded-for",
+    "--cors-origins",
+];
+
+fn help(command: &[&str]) -> String {
+    let mut args = command.to_vec();
+    args.push("--help");
+    let output = authql_with_env(&args, &[("AUTHQL_LISTEN", "127.0.0.1:9")]);
+    assert!(output.status.success(), "{args:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn each_command_s_help_lists_only_its_own_settings() {
+    for command in [
+        &["user"][..],
+        &["user", "create"][..],
+        &["user", "set-password"][..],
+        &["user", "deactivate"][..],
+        &["migrate"][..],
+        &["schema"][..],
+    ] {
+        let text = help(command);
+        for flag in SERVER_FLAGS {
+            assert!(
+                !text.contains(flag),
+                "{command:?} --help lists {flag}:\n{text}"
+            );
+        }
+    }
+    for command in [&["user", "create"][..], &["user", "set-password"][..]] {
+        let text = help(command);
+        for flag in [
+            "--database-url",
+            "--bcrypt-cost",
+            "--password-min-length",
+            "--password-stdin",
+        ] {
+            assert!(
+                text.contains(flag),
+                "{command:?} --help lacks {flag}:\n{text}"
+            );
+        }
+    }
+    let deactivate = help(&["user", "deactivate"]);
+    assert!(deactivate.contains("--database-url"), "{deactivate}");
+    assert!(!deactivate.contains("--bcrypt-cost"), "{deactivate}");
+    assert!(help(&["migrate"]).contains("[env: DATABASE_URL]"));
+
+    let serve = help(&["serve"]);
+    for flag in SERVER_FLAGS
+        .iter()
+        .chain(&["--database-url", "--bcrypt-cost"])
+    {
+        assert!(serve.contains(flag), "serve --help lacks {flag}");
+    }
+    // Variables are named, never followed by `=` and their value.
+    assert!(serve.contains("[env: AUTHQL_LISTEN]"), "{serve}");
+    assert!(!serve.contains("=]"), "{serve}");
+    assert!(!serve.contains("127.0.0.1:9"), "{serve}");
 }

@@ -1,4 +1,5 @@
-//! CORS: only the origins in --cors-origins may call from a browser.
+//! CORS: only the origins in --cors-origins may call from a browser, each
+//! matched as browsers send it, and every answer says it varies by origin.
 
 use authql::config::Settings;
 use reqwest::header::HeaderMap;
@@ -41,6 +42,16 @@ async fn post_from(app: &TestApp, origin: &str) -> (u16, HeaderMap) {
     (response.status().as_u16(), response.headers().clone())
 }
 
+/// A POST from `origin` is answered, and the answer lets the browser read it.
+async fn assert_a_post_is_allowed(app: &TestApp, origin: &str) {
+    let (status, headers) = post_from(app, origin).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        header(&headers, "access-control-allow-origin"),
+        Some(origin)
+    );
+}
+
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).map(|v| v.to_str().unwrap())
 }
@@ -76,12 +87,7 @@ async fn a_preflight_from_an_allowed_origin_is_answered() {
         assert_eq!(header(&headers, "access-control-allow-credentials"), None);
     }
 
-    let (status, headers) = post_from(&app, ALLOWED).await;
-    assert_eq!(status, 200);
-    assert_eq!(
-        header(&headers, "access-control-allow-origin"),
-        Some(ALLOWED)
-    );
+    assert_a_post_is_allowed(&app, ALLOWED).await;
 }
 
 #[tokio::test]
@@ -118,4 +124,63 @@ async fn without_cors_origins_no_cors_headers_are_sent() {
     let (status, headers) = post_from(&app, ALLOWED).await;
     assert_eq!(status, 200);
     assert_eq!(cors_headers(&headers), Vec::<String>::new());
+}
+
+fn varies_by_origin(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("vary")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|name| name.trim().eq_ignore_ascii_case("origin"))
+}
+
+#[tokio::test]
+async fn origins_are_matched_as_browsers_send_them() {
+    // Upper case, the default port, a trailing slash: all the same origin.
+    let app = app_allowing("https://App.Example.COM:443/,HTTP://localhost:80").await;
+
+    for origin in [ALLOWED, "http://localhost"] {
+        let (status, headers) = preflight(&app, origin).await;
+        assert!((200..300).contains(&status), "{origin}: status {status}");
+        assert_eq!(
+            header(&headers, "access-control-allow-origin"),
+            Some(origin)
+        );
+        assert_a_post_is_allowed(&app, origin).await;
+    }
+}
+
+#[tokio::test]
+async fn every_answer_with_cors_on_says_it_varies_by_origin() {
+    let app = app_allowing(ALLOWED).await;
+
+    for origin in [ALLOWED, "https://evil.example.com"] {
+        let (_, headers) = preflight(&app, origin).await;
+        assert!(
+            varies_by_origin(&headers),
+            "preflight from {origin}: {headers:?}"
+        );
+        let (_, headers) = post_from(&app, origin).await;
+        assert!(
+            varies_by_origin(&headers),
+            "POST from {origin}: {headers:?}"
+        );
+    }
+    // Without an Origin the answer differs too (no CORS headers), so a
+    // shared cache must not hand it to a browser.
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .json(&serde_json::json!({ "query": "{ __typename }" }))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        varies_by_origin(response.headers()),
+        "{:?}",
+        response.headers()
+    );
+    let (_, headers) = post_from(&spawn_app().await, ALLOWED).await;
+    assert!(!varies_by_origin(&headers), "CORS off: {headers:?}");
 }

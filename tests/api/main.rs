@@ -9,6 +9,7 @@ mod captcha;
 mod change_password;
 mod cli;
 mod cors;
+mod docs;
 mod fuzz;
 mod hostile;
 mod http;

@@ -292,6 +292,10 @@ async fn the_account_backoff_trips_after_five_failures_doubles_and_resets_on_suc
     // Even the right password waits.
     let body = app.login_as(&user.username, &user.password).await;
     assert_eq!(retry_after(&body), 1);
+    assert_eq!(
+        body["errors"][0]["message"],
+        "too many attempts; retry in 1 second"
+    );
     // A refused attempt checks no password and does not extend the wait.
     let body = app.login_as(&user.username, WRONG).await;
     assert_eq!(retry_after(&body), 1);
@@ -303,6 +307,8 @@ async fn the_account_backoff_trips_after_five_failures_doubles_and_resets_on_suc
         assert_eq!(error_code(&body), "INVALID_CREDENTIALS", "{body}");
         let body = app.login_as(&user.username, &user.password).await;
         assert_eq!(retry_after(&body), wait, "{body}");
+        let message = format!("too many attempts; retry in {wait} seconds");
+        assert_eq!(body["errors"][0]["message"], message.as_str());
     }
     assert_eq!(failed_logins(&app, &user.username).await, 8);
 
