@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod captcha;
+mod health;
 pub mod listener;
 pub mod passwords;
 pub mod revocation;

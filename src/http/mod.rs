@@ -141,10 +141,7 @@ fn healthz() -> &'static str {
 
 #[handler]
 async fn readyz(Data(state): Data<&AppState>) -> Response {
-    let ready = tokio::time::timeout(READY_TIMEOUT, crate::db::ping(state.auth.db()))
-        .await
-        .unwrap_or(false);
-    if ready {
+    if state.auth.is_ready(READY_TIMEOUT).await {
         "ready".into_response()
     } else {
         "database unavailable"
