@@ -9,8 +9,8 @@ use std::io::BufRead;
 
 use anyhow::Context as _;
 
-use crate::auth::passwords::Password;
 use crate::auth::AuthService;
+use crate::auth::Password;
 use crate::cli::{came_from_env, UserCommand};
 use crate::clock::Clock;
 use crate::config::{DatabaseArgs, PasswordArgs, ServeArgs, SettingError, Settings};

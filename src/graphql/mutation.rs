@@ -4,7 +4,7 @@ use async_graphql::{Context, Object, ID};
 
 use super::context::request;
 use super::types::AuthPayload;
-use crate::auth::passwords::Password;
+use crate::auth::Password;
 use crate::error::AuthError;
 
 pub struct Mutation;

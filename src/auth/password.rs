@@ -1,0 +1,146 @@
+//! Changing the password (after checking the current one, counted by the
+//! backoff), and the password policy as the domain applies it.
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait as _, EntityTrait as _, QueryFilter as _, TransactionTrait as _};
+
+use super::passwords::{NewPassword, Password};
+use super::{hashing_error, revocation, AuthService, ClientInfo, Issued, Principal};
+use crate::db::entities::user;
+use crate::error::AuthError;
+use crate::metrics;
+
+impl AuthService {
+    /// Changes the password after checking the old one, revokes every token
+    /// of the user and returns a fresh one.
+    ///
+    /// # Errors
+    /// `InvalidCredentials` (counted by the account backoff), `RateLimited`,
+    /// `BadUserInput` with every failed policy rule, `Unauthenticated` when
+    /// this request's session was revoked since it began, or an internal
+    /// error.
+    pub async fn change_password(
+        &self,
+        principal: &Principal,
+        old: &Password,
+        new: Password,
+        client: &ClientInfo,
+    ) -> Result<Issued, AuthError> {
+        let now = self.clock.now();
+        // A session revoked since the request began (or a user deactivated,
+        // which revokes too) is refused before any password is checked.
+        let account = user::Entity::find_by_id(principal.user.id)
+            .filter(user::Column::IsActive.eq(true))
+            .filter(revocation::session_alive(principal))
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| self.revoker.session_gone(principal))?;
+        // The same limits as login: a stolen token must not be an
+        // unthrottled password oracle.
+        if let Err((limit, err)) = self.throttle.check(client.ip, &account.username) {
+            audit!("rate_limited", client, limit = ?limit, user_id = account.id, "password change refused by the rate limit");
+            return Err(err);
+        }
+        let counted = self.begin_attempt(&account, now).await.inspect_err(|_| {
+            audit!(
+                "rate_limited",
+                client,
+                limit = "account_backoff",
+                user_id = account.id,
+                "password change refused by the account backoff"
+            );
+        })?;
+        if !self
+            .hasher
+            .verify(old, Some(&account.password_hash))
+            .await
+            .map_err(hashing_error)?
+        {
+            if !counted {
+                self.record_failure(account.id, now).await?;
+            }
+            audit!(
+                "password_change_failed",
+                client,
+                user_id = account.id,
+                "wrong current password"
+            );
+            return Err(AuthError::InvalidCredentials);
+        }
+        let new = match self.check_policy(new, &account.username, Some(old)) {
+            Ok(new) => new,
+            Err(refused) => {
+                // The current password was right: that resets the count.
+                self.reset_failures(account.id).await?;
+                return Err(refused);
+            }
+        };
+        let hash = self.hasher.hash(&new).await.map_err(hashing_error)?;
+
+        // The session may have been revoked during the hashing: the update
+        // and the revocation each run only while it exists.
+        let txn = self.db.begin().await?;
+        let changed = user::Entity::update_many()
+            .col_expr(user::Column::PasswordHash, Expr::value(hash.as_str()))
+            .col_expr(user::Column::FailedLogins, Expr::value(0))
+            .col_expr(
+                user::Column::LastFailedLogin,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .filter(user::Column::Id.eq(account.id))
+            .filter(user::Column::PasswordHash.eq(account.password_hash.as_str()))
+            .filter(revocation::session_alive(principal))
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        if changed == 0 {
+            if !revocation::is_alive(&txn, principal).await? {
+                return Err(self.revoker.session_gone(principal));
+            }
+            // Another change won the race; this one's old password is stale.
+            return Err(AuthError::InvalidCredentials);
+        }
+        let Some(revoked) = revocation::revoke_in_on_behalf_of(&txn, principal, None).await? else {
+            return Err(self.revoker.session_gone(principal));
+        };
+        let account = user::Model {
+            password_hash: hash,
+            failed_logins: 0,
+            last_failed_login: None,
+            ..account
+        };
+        let issued = self.issue(&txn, &account, client, now).await?;
+        txn.commit().await?;
+        self.revoker.after_commit(account.id);
+        metrics::revoked("change_password", revoked);
+        audit!(
+            "password_changed",
+            client,
+            user_id = account.id,
+            revoked,
+            "password changed"
+        );
+        Ok(issued)
+    }
+
+    /// Applies the password policy, turning failures into `BadUserInput`.
+    ///
+    /// # Errors
+    /// `BadUserInput` listing every failed rule.
+    pub fn check_policy(
+        &self,
+        candidate: Password,
+        username: &str,
+        old: Option<&Password>,
+    ) -> Result<NewPassword, AuthError> {
+        NewPassword::parse(candidate, username, old, &self.policy).map_err(|failed| {
+            let reasons = failed.iter().map(|v| v.code().to_owned()).collect();
+            let why: Vec<String> = failed.iter().map(|v| v.describe(&self.policy)).collect();
+            AuthError::bad_input(
+                format!("the new password was refused: {}", why.join("; ")),
+                reasons,
+            )
+        })
+    }
+}

@@ -1,0 +1,84 @@
+//! Resolving a request's credential to its signed-in user: the token cache
+//! first, then the database. Every path checks expiry and that the user is
+//! active; an expired token is removed when met.
+
+use std::sync::Arc;
+
+use sea_orm::{ColumnTrait as _, EntityTrait as _, QueryFilter as _};
+
+use super::cache::Lookup;
+use super::tokens::{Token, TokenDigest};
+use super::{invalid_token, AuthService, Credential, Principal, User};
+use crate::db::entities::{auth_token, user};
+use crate::error::{AuthError, Unauthenticated};
+use crate::metrics;
+
+impl AuthService {
+    /// Resolves a request's credential to its user: the cache first, then
+    /// the database. Every path checks expiry and that the user is active.
+    ///
+    /// # Errors
+    /// `Unauthenticated` with the reason, or a database error.
+    pub async fn authenticate(&self, credential: &Credential) -> Result<Arc<Principal>, AuthError> {
+        let result = self.resolve(credential).await;
+        if let Err(AuthError::Unauthenticated(reason)) = &result {
+            metrics::token_refused(reason.as_str());
+        }
+        result
+    }
+
+    async fn resolve(&self, credential: &Credential) -> Result<Arc<Principal>, AuthError> {
+        use secrecy::ExposeSecret as _;
+        let text = match credential {
+            Credential::Missing => {
+                return Err(AuthError::Unauthenticated(Unauthenticated::MissingToken))
+            }
+            Credential::Unsupported => return Err(invalid_token()),
+            Credential::Token(text) => text,
+        };
+        // A token we could not have issued is refused without a lookup.
+        let token = Token::parse(text.expose_secret()).map_err(|_| invalid_token())?;
+        let digest = token.digest();
+        let now = self.clock.now();
+        if let Lookup::Hit(principal) = self.cache.get(&digest, now) {
+            if now < principal.expires_at {
+                metrics::token_resolved("cache");
+                return Ok(principal);
+            }
+        }
+        let generation = self.cache.generation();
+        let found = auth_token::Entity::find()
+            .filter(auth_token::Column::Digest.eq(digest.to_hex()))
+            .find_also_related(user::Entity)
+            .one(&self.db)
+            .await?;
+        let Some((session, Some(owner))) = found else {
+            return Err(invalid_token());
+        };
+        if session.expires_at <= now {
+            self.forget_expired(session.id, &digest).await?;
+            return Err(AuthError::Unauthenticated(Unauthenticated::TokenExpired));
+        }
+        if !owner.is_active {
+            return Err(invalid_token());
+        }
+        let principal = Principal {
+            user: User::from(&owner),
+            session_id: session.id,
+            expires_at: session.expires_at,
+        };
+        let principal = Arc::new(principal);
+        self.cache
+            .insert(digest, Arc::clone(&principal), generation, now);
+        metrics::token_resolved("database");
+        Ok(principal)
+    }
+
+    async fn forget_expired(&self, session_id: i64, digest: &TokenDigest) -> Result<(), AuthError> {
+        self.cache.remove(digest);
+        auth_token::Entity::delete_by_id(session_id)
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+}
