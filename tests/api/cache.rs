@@ -1,8 +1,16 @@
+//! The token cache: a cached token is served without the database, every
+//! revocation made by this instance empties its entry at once, and an entry
+//! changed behind its back (by the CLI) is trusted no longer than
+//! `--cache-ttl` (on PostgreSQL, not at all: the change is notified).
+
 use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{error_code, error_reason, spawn_app, spawn_app_with, TestApp, TestUser};
+use crate::helpers::process::run_authql;
+use crate::helpers::{
+    error_code, error_reason, spawn_app, spawn_app_with, wait_for_refusal, TestApp, TestUser,
+};
 
 /// Logs in and resolves the token once, so it sits in the cache.
 async fn warm(app: &TestApp, user: &TestUser) -> String {
@@ -143,12 +151,11 @@ async fn a_cached_entry_is_not_trusted_beyond_cache_ttl() {
     let token = warm(&app, &user).await;
 
     // Another process (the CLI) deactivates the user behind the cache's back.
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_authql"))
-        .args(["user", "deactivate", &user.username])
-        .env("DATABASE_URL", &app.database_url)
-        .env("AUTHQL_BCRYPT_COST", "4")
-        .output()
-        .unwrap();
+    let output = run_authql(
+        &["user", "deactivate", &user.username],
+        &app.database_url,
+        None,
+    );
     assert!(
         output.status.success(),
         "{}",
@@ -164,16 +171,4 @@ async fn a_cached_entry_is_not_trusted_beyond_cache_ttl() {
     // …and then (at once on PostgreSQL, which notifies) the token is refused.
     let refused = wait_for_refusal(&app, &token).await;
     assert_eq!(refused, "INVALID_TOKEN");
-}
-
-/// Polls `me` for up to a second (cross-process notices are asynchronous).
-pub async fn wait_for_refusal(app: &TestApp, token: &str) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-    loop {
-        let body = app.me(token).await;
-        if body["errors"].is_array() || tokio::time::Instant::now() >= deadline {
-            return error_reason(&body).to_owned();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

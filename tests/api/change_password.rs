@@ -1,3 +1,8 @@
+//! `changePassword`: it revokes every older token and returns a fresh one,
+//! a wrong old password changes nothing, and the new password meets the
+//! policy (every failed rule reported, 72 bytes at most, compared after
+//! NFC normalisation).
+
 use serde_json::{json, Value};
 
 use crate::helpers::{error_code, error_reason, error_reasons, spawn_app, TestApp};

@@ -2,35 +2,10 @@
 //! exit code 2 and a message naming the flag and the variable; the
 //! start-up hint; host names in `--listen`; each command's `--help`.
 
-use std::io::Write as _;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn authql(args: &[&str], database_url: &str, stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_authql"))
-        .args(args)
-        .env("DATABASE_URL", database_url)
-        .env("AUTHQL_BCRYPT_COST", "4")
-        .env_remove("AUTHQL_LISTEN")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("authql runs");
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    child.wait_with_output().unwrap()
-}
+use crate::helpers::process::run_authql;
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
@@ -45,7 +20,7 @@ fn temp_db() -> (tempfile::TempDir, String) {
 #[test]
 fn user_create_reads_the_password_from_stdin_and_refuses_duplicates() {
     let (_dir, db) = temp_db();
-    let created = authql(
+    let created = run_authql(
         &[
             "user",
             "create",
@@ -59,7 +34,7 @@ fn user_create_reads_the_password_from_stdin_and_refuses_duplicates() {
     );
     assert!(created.status.success(), "{}", stderr(&created));
 
-    let again = authql(
+    let again = run_authql(
         &["user", "create", "carol", "--password-stdin"],
         &db,
         Some("another long passphrase\n"),
@@ -71,7 +46,7 @@ fn user_create_reads_the_password_from_stdin_and_refuses_duplicates() {
 #[test]
 fn user_create_applies_the_password_policy() {
     let (_dir, db) = temp_db();
-    let output = authql(
+    let output = run_authql(
         &["user", "create", "dave", "--password-stdin"],
         &db,
         Some("password\n"),
@@ -88,7 +63,7 @@ fn user_create_applies_the_password_policy() {
 #[test]
 fn user_create_without_a_terminal_asks_for_password_stdin() {
     let (_dir, db) = temp_db();
-    let output = authql(&["user", "create", "erin"], &db, None);
+    let output = run_authql(&["user", "create", "erin"], &db, None);
     assert!(!output.status.success());
     assert!(
         stderr(&output).contains("--password-stdin"),
@@ -100,14 +75,14 @@ fn user_create_without_a_terminal_asks_for_password_stdin() {
 #[test]
 fn a_bad_username_or_email_is_refused() {
     let (_dir, db) = temp_db();
-    let output = authql(
+    let output = run_authql(
         &["user", "create", "two words", "--password-stdin"],
         &db,
         Some("a fine long passphrase\n"),
     );
     assert!(!output.status.success());
     assert!(stderr(&output).contains("INVALID_CHARACTERS"));
-    let output = authql(
+    let output = run_authql(
         &[
             "user",
             "create",
@@ -130,7 +105,7 @@ fn set_password_and_deactivate_name_an_unknown_user() {
         &["user", "set-password", "ghost", "--password-stdin"][..],
         &["user", "deactivate", "ghost"][..],
     ] {
-        let output = authql(args, &db, Some("a fine long passphrase\n"));
+        let output = run_authql(args, &db, Some("a fine long passphrase\n"));
         assert!(!output.status.success());
         assert!(
             stderr(&output).contains("no such user"),
@@ -393,7 +368,7 @@ fn an_unreachable_database_never_prints_the_password() {
         "postgres://127.0.0.1:1/db?password=hunter2secret",
         "postgres://app:hunter2 secret@127.0.0.1:1/db",
     ] {
-        let output = authql(&["migrate"], url, None);
+        let output = run_authql(&["migrate"], url, None);
         assert_eq!(output.status.code(), Some(2), "{url}");
         assert!(!stderr(&output).contains("hunter2"), "{}", stderr(&output));
     }
@@ -425,7 +400,7 @@ fn a_busy_port_is_found_before_the_database_is_created() {
 fn migrate_creates_the_tables_and_is_idempotent() {
     let (_dir, db) = temp_db();
     for _ in 0..2 {
-        let output = authql(&["migrate"], &db, None);
+        let output = run_authql(&["migrate"], &db, None);
         assert!(output.status.success(), "{}", stderr(&output));
     }
 }
@@ -483,7 +458,7 @@ fn serve_on_a_database_without_users_says_how_to_create_one_there() {
     let command = format!("authql user create USERNAME --database-url '{db}'");
     assert!(hint.contains(&command), "{hint}");
     // The hinted command works, whatever DATABASE_URL says.
-    let created = authql(
+    let created = run_authql(
         &[
             "user",
             "create",
@@ -496,7 +471,7 @@ fn serve_on_a_database_without_users_says_how_to_create_one_there() {
         Some("a fine long passphrase\n"),
     );
     assert!(created.status.success(), "{}", stderr(&created));
-    let again = authql(
+    let again = run_authql(
         &["user", "create", "first", "--password-stdin"],
         &db,
         Some("a fine long passphrase\n"),

@@ -9,8 +9,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::helpers::process::{database_with_user, Server};
 use crate::helpers::{error_code, spawn_app, spawn_app_with, TestApp};
-use crate::process::{database_with_user, Server};
 
 fn deep_list(levels: usize) -> String {
     format!(
@@ -54,7 +54,7 @@ fn deep_variable_type(levels: usize) -> String {
 
 /// `{...F0}` with each fragment spreading the next twice: 2^depth fields
 /// once expanded, in a few hundred bytes.
-pub fn doubling_fragments(depth: usize) -> String {
+fn doubling_fragments(depth: usize) -> String {
     let mut text = String::from("{ ...F0 }");
     for level in 0..depth {
         let next = level + 1;

@@ -1,3 +1,9 @@
+//! The HTTP surface around GraphQL: health and readiness, refused bodies
+//! (not JSON, malformed, oversized) and documents (too deep, too many
+//! aliases, huge batches), queries over GET and mutations refused there,
+//! GraphiQL, introspection switched off, errors that quote neither the
+//! password nor the document, and a clean stop.
+
 use serde_json::{json, Value};
 
 use crate::helpers::{error_code, error_reasons, spawn_app, spawn_app_with, TestApp};

@@ -2,11 +2,11 @@
 //! instance's cache within a second, a lost revocation channel never lets
 //! a revoked token through, and database faults fail cleanly and heal.
 //!
-//! PostgreSQL only: each test returns at once on SQLite.
+//! PostgreSQL only: every test here is ignored unless run with
+//! `TEST_DATABASE_URL` set and `--ignored` (see `helpers`).
 
-use std::io::Write as _;
 use std::net::SocketAddr;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,19 +18,18 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
-use crate::cache::wait_for_refusal;
-use crate::helpers::{error_code, error_reason, random_text, spawn_app, TestApp, TestUser};
-use crate::observability::{scrape, total};
+use crate::helpers::metrics::{scrape, total};
+use crate::helpers::process::run_authql;
+use crate::helpers::{
+    error_code, error_reason, random_text, spawn_postgres_app, wait_for_refusal, TestApp, TestUser,
+};
 
 /// Two instances on one database, and a user.
-async fn pair() -> Option<(TestApp, TestApp, TestUser)> {
-    let a = spawn_app().await;
-    if !a.is_postgres() {
-        return None;
-    }
+async fn pair() -> (TestApp, TestApp, TestUser) {
+    let a = spawn_postgres_app().await;
     let b = a.spawn_sibling(|_| {}).await;
     let user = a.create_user().await;
-    Some((a, b, user))
+    (a, b, user)
 }
 
 /// Resolves `token` on `app` until `app` serves it from its cache, which it
@@ -93,37 +92,22 @@ async fn logout(app: &TestApp, token: &str) {
     assert_eq!(body["data"]["logout"], true, "{body}");
 }
 
-/// Runs the `authql` binary against `database_url`, off the async thread.
+/// [`run_authql`] against `database_url`, off the async thread.
 async fn cli(database_url: &str, args: &[&str], stdin: Option<String>) -> Output {
     let database_url = database_url.to_owned();
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_authql"))
-            .args(&args)
-            .env("DATABASE_URL", database_url)
-            .env("AUTHQL_BCRYPT_COST", "4")
-            .env_remove("AUTHQL_LISTEN")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("authql runs");
-        let mut input = child.stdin.take().expect("stdin");
-        if let Some(text) = stdin {
-            input.write_all(text.as_bytes()).expect("stdin written");
-        }
-        drop(input);
-        child.wait_with_output().expect("authql finishes")
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_authql(&args, &database_url, stdin.as_deref())
     })
     .await
     .expect("cli task")
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]
 async fn logout_on_one_instance_is_refused_by_the_other_within_a_second() {
-    let Some((a, b, user)) = pair().await else {
-        return;
-    };
+    let (a, b, user) = pair().await;
     let token = a.login(&user).await;
     warm_on(&b, &token).await;
 
@@ -133,10 +117,9 @@ async fn logout_on_one_instance_is_refused_by_the_other_within_a_second() {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]
 async fn logout_all_on_one_instance_is_refused_by_the_other_within_a_second() {
-    let Some((a, b, user)) = pair().await else {
-        return;
-    };
+    let (a, b, user) = pair().await;
     let (first, second) = (a.login(&user).await, a.login(&user).await);
     warm_on(&b, &first).await;
     warm_on(&b, &second).await;
@@ -151,10 +134,9 @@ async fn logout_all_on_one_instance_is_refused_by_the_other_within_a_second() {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]
 async fn revoke_session_on_one_instance_is_refused_by_the_other_within_a_second() {
-    let Some((a, b, user)) = pair().await else {
-        return;
-    };
+    let (a, b, user) = pair().await;
     let (victim, keeper) = (a.login(&user).await, a.login(&user).await);
     warm_on(&b, &victim).await;
     warm_on(&b, &keeper).await;
@@ -187,10 +169,9 @@ async fn revoke_session_on_one_instance_is_refused_by_the_other_within_a_second(
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]
 async fn change_password_on_one_instance_is_refused_by_the_other_within_a_second() {
-    let Some((a, b, user)) = pair().await else {
-        return;
-    };
+    let (a, b, user) = pair().await;
     let token = a.login(&user).await;
     warm_on(&b, &token).await;
 
@@ -212,10 +193,9 @@ async fn change_password_on_one_instance_is_refused_by_the_other_within_a_second
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]
 async fn cli_set_password_is_refused_by_every_instance_within_a_second() {
-    let Some((a, b, user)) = pair().await else {
-        return;
-    };
+    let (a, b, user) = pair().await;
     let (on_a, on_b) = (a.login(&user).await, b.login(&user).await);
     warm_on(&a, &on_a).await;
     warm_on(&b, &on_a).await;
@@ -245,10 +225,9 @@ async fn cli_set_password_is_refused_by_every_instance_within_a_second() {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]
 async fn cli_deactivate_is_refused_by_every_instance_within_a_second() {
-    let Some((a, b, user)) = pair().await else {
-        return;
-    };
+    let (a, b, user) = pair().await;
     let (on_a, on_b) = (a.login(&user).await, b.login(&user).await);
     warm_on(&a, &on_a).await;
     warm_on(&b, &on_b).await;
@@ -272,10 +251,9 @@ async fn cli_deactivate_is_refused_by_every_instance_within_a_second() {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]
 async fn a_killed_listener_lets_no_revoked_token_through_and_listens_again() {
-    let Some((a, b, user)) = pair().await else {
-        return;
-    };
+    let (a, b, user) = pair().await;
     let token = a.login(&user).await;
     warm_on(&b, &token).await;
 
@@ -326,11 +304,9 @@ where
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]
 async fn killed_pool_connections_fail_cleanly_and_service_resumes() {
-    let app = spawn_app().await;
-    if !app.is_postgres() {
-        return;
-    }
+    let app = spawn_postgres_app().await;
     let user = app.create_user().await;
     let token = app.login(&user).await;
 
@@ -391,11 +367,9 @@ async fn readyz(app: &TestApp) -> u16 {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]
 async fn readyz_is_503_while_the_database_refuses_connections_and_200_after() {
-    let app = spawn_app().await;
-    if !app.is_postgres() {
-        return;
-    }
+    let app = spawn_postgres_app().await;
     let user = app.create_user().await;
     let token = app.login(&user).await;
     assert_eq!(readyz(&app).await, 200);
@@ -568,13 +542,11 @@ fn split_host(url: &str) -> Option<(String, impl Fn(SocketAddr) -> String + '_)>
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]
 async fn an_instance_cut_off_from_the_database_accepts_no_revoked_token_and_recovers() {
-    let Some((a, _, user)) = pair().await else {
-        return;
-    };
-    let Some((upstream, via)) = split_host(&a.database_url) else {
-        return;
-    };
+    let (a, _, user) = pair().await;
+    let (upstream, via) = split_host(&a.database_url)
+        .expect("TEST_DATABASE_URL names a TCP host (this test relays to it)");
     let mut relay = Relay::start(upstream).await;
     let b = a.spawn_sibling(|s| s.database_url = via(relay.addr)).await;
     let token = a.login(&user).await;
@@ -621,13 +593,11 @@ async fn an_instance_cut_off_from_the_database_accepts_no_revoked_token_and_reco
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]
 async fn an_instance_whose_database_goes_silent_stops_trusting_its_cache() {
-    let Some((a, _, user)) = pair().await else {
-        return;
-    };
-    let Some((upstream, via)) = split_host(&a.database_url) else {
-        return;
-    };
+    let (a, _, user) = pair().await;
+    let (upstream, via) = split_host(&a.database_url)
+        .expect("TEST_DATABASE_URL names a TCP host (this test relays to it)");
     let mut relay = Relay::start(upstream).await;
     let b = a.spawn_sibling(|s| s.database_url = via(relay.addr)).await;
     let token = a.login(&user).await;

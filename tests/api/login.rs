@@ -1,3 +1,8 @@
+//! `login`: a token that identifies the user, case-insensitive usernames,
+//! one answer for a wrong password, an unknown user and an inactive one,
+//! one session per login, and hashes of another bcrypt cost upgraded at
+//! login, also under concurrent logins.
+
 use serde_json::json;
 
 use crate::helpers::{error_code, spawn_app};

@@ -2,7 +2,6 @@
 //! GraphQL over HTTP.
 
 mod helpers;
-mod process;
 
 mod cache;
 mod captcha;

@@ -1,3 +1,8 @@
+//! Sessions: the `sessions` list (newest first, the current one marked,
+//! with its user agent), `logout`, `logoutAll`, `logoutOthers` and
+//! `revokeSession` (only one's own), and every signed-in field refused
+//! without a token.
+
 use serde_json::json;
 
 use crate::helpers::{error_code, error_reason, spawn_app};

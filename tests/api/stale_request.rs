@@ -10,7 +10,7 @@ use authql::error::{AuthError, Unauthenticated};
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
-use crate::captcha::{passed, CaptchaStub, Reply};
+use crate::helpers::captcha_stub::{passed, CaptchaStub, Reply};
 use crate::helpers::{error_code, error_reason, spawn_app, spawn_app_with, TestApp, TestUser};
 
 const CHANGE: &str = "mutation($old: String!, $new: String!) { changePassword(oldPassword: $old, newPassword: $new) { token } }";

@@ -4,27 +4,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use authql::db::entities::{auth_token, user};
-use sea_orm::{ColumnTrait as _, EntityTrait as _, PaginatorTrait as _, QueryFilter as _};
+use authql::db::entities::auth_token;
+use sea_orm::{EntityTrait as _, PaginatorTrait as _};
 use serde_json::{json, Value};
 
-use crate::captcha::{login_with, passed, CaptchaStub};
-use crate::helpers::{error_code, spawn_app, spawn_app_with, TestApp};
+use crate::helpers::captcha_stub::{login_with, passed, CaptchaStub};
+use crate::helpers::{error_code, failed_logins, spawn_app, spawn_app_with, TestApp};
 
 const LOGIN: &str =
     "mutation($u: String!, $p: String!) { login(username: $u, password: $p) { token } }";
 const WRONG: &str = "not the password at all";
-
-/// The user's consecutive failed password checks, read from the database.
-pub async fn failed_logins(app: &TestApp, username: &str) -> i32 {
-    user::Entity::find()
-        .filter(user::Column::Username.eq(username))
-        .one(app.auth.db())
-        .await
-        .expect("users readable")
-        .expect("the user exists")
-        .failed_logins
-}
 
 /// Sessions stored (each successful login stores one).
 async fn sessions(app: &TestApp) -> u64 {

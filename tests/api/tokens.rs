@@ -1,3 +1,8 @@
+//! Bearer tokens: the accepted schemes, malformed, unknown and expired
+//! tokens refused (a bad checksum without a query), one refusal for every
+//! field of a request, only digests stored, the per-user session cap, and
+//! the sweep of expired tokens.
+
 use std::time::Duration;
 
 use serde_json::json;
@@ -190,7 +195,7 @@ async fn the_sweep_deletes_expired_tokens_only() {
     assert!(app.me(&fresh).await["data"]["me"].is_object());
 }
 
-pub async fn token_rows(app: &crate::helpers::TestApp) -> u64 {
+async fn token_rows(app: &crate::helpers::TestApp) -> u64 {
     use authql::db::entities::auth_token;
     use sea_orm::{EntityTrait as _, PaginatorTrait as _};
     auth_token::Entity::find()

@@ -3,7 +3,7 @@
 //! the log, signals, the process's memory).
 
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +28,34 @@ pub fn authql_command(database_url: &str) -> Command {
         .env_remove("AUTHQL_LISTEN")
         .env_remove("AUTHQL_LOG_FORMAT");
     command
+}
+
+/// Runs `authql args…` to its end against `database_url` (cheap bcrypt, no
+/// `AUTHQL_LISTEN` of the test's own), with `stdin` as its input when given.
+pub fn run_authql(args: &[&str], database_url: &str, stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_authql"))
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .env("AUTHQL_BCRYPT_COST", "4")
+        .env_remove("AUTHQL_LISTEN")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("authql runs");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    child.wait_with_output().unwrap()
 }
 
 /// A fresh SQLite file holding one user; returns its directory and URL.

@@ -2,6 +2,24 @@
 //! port over its own database (a SQLite file in a temporary directory, or a
 //! fresh PostgreSQL database when `TEST_DATABASE_URL` is set) and talks to
 //! it over HTTP, as clients do.
+//!
+//! Everything the test files share lives here, and no test file imports
+//! another: [`captcha_stub`] (a siteverify stand-in), [`metrics`] (reading
+//! `/metrics`), [`process`] (the real binary as its own process).
+//!
+//! A test that needs PostgreSQL is marked
+//! `#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]`
+//! and starts with [`spawn_postgres_app`]. A plain `cargo test` lists it as
+//! ignored, with that reason, and counts it among the ignored: it never
+//! counts as passed after asserting nothing, as an early `return` on SQLite
+//! would. `.ci/run` runs these with `TEST_DATABASE_URL` set and
+//! `-- --ignored`; `--ignored` without `TEST_DATABASE_URL` fails them
+//! loudly. `#[ignore]` in this binary is kept for that one reason, so
+//! `--ignored` runs exactly the PostgreSQL-only tests.
+
+pub mod captcha_stub;
+pub mod metrics;
+pub mod process;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,9 +28,12 @@ use authql::auth::passwords::Password;
 use authql::auth::AuthService;
 use authql::clock::Clock;
 use authql::config::Settings;
+use authql::db::entities::user;
 use authql::startup::App;
 use rand::distributions::{Alphanumeric, DistString as _};
-use sea_orm::{ConnectionTrait as _, Database};
+use sea_orm::{
+    ColumnTrait as _, ConnectionTrait as _, Database, EntityTrait as _, QueryFilter as _,
+};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
@@ -100,6 +121,24 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         Storage::Postgres { admin_url, name } => database_url_for(admin_url, name),
     };
     start(database_url, storage, configure).await
+}
+
+/// [`spawn_app`] for a test that needs PostgreSQL; fails the test at once
+/// when `TEST_DATABASE_URL` is unset, so that it cannot pass on SQLite
+/// without asserting anything.
+pub async fn spawn_postgres_app() -> TestApp {
+    let url = std::env::var("TEST_DATABASE_URL").unwrap_or_default();
+    assert!(
+        !url.is_empty(),
+        "this test needs PostgreSQL: set TEST_DATABASE_URL (e.g. \
+         postgres://postgres@127.0.0.1:5432/postgres)"
+    );
+    let app = spawn_app().await;
+    assert!(
+        app.is_postgres(),
+        "TEST_DATABASE_URL is not PostgreSQL: {url}"
+    );
+    app
 }
 
 impl TestApp {
@@ -244,6 +283,29 @@ pub fn error_reasons(body: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Polls `me` for up to a second (cross-process notices are asynchronous).
+pub async fn wait_for_refusal(app: &TestApp, token: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let body = app.me(token).await;
+        if body["errors"].is_array() || tokio::time::Instant::now() >= deadline {
+            return error_reason(&body).to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The user's consecutive failed password checks, read from the database.
+pub async fn failed_logins(app: &TestApp, username: &str) -> i32 {
+    user::Entity::find()
+        .filter(user::Column::Username.eq(username))
+        .one(app.auth.db())
+        .await
+        .expect("users readable")
+        .expect("the user exists")
+        .failed_logins
 }
 
 pub fn random_text(len: usize) -> String {
