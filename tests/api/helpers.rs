@@ -102,6 +102,17 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     start(database_url, storage, configure).await
 }
 
+/// Starts a server on a copy of the SQLite database file `fixture`, made in
+/// a temporary directory so the fixture itself is never written.
+pub async fn spawn_app_on_copy_of(fixture: &std::path::Path) -> TestApp {
+    init_logs();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let file = dir.path().join("authql.db");
+    std::fs::copy(fixture, &file).expect("fixture copied");
+    let database_url = format!("sqlite://{}?mode=rwc", file.display());
+    start(database_url, Arc::new(Storage::Sqlite(dir)), |_| {}).await
+}
+
 impl TestApp {
     /// A second server on the same database (another instance).
     pub async fn spawn_sibling(&self, configure: impl FnOnce(&mut Settings)) -> TestApp {

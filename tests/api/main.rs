@@ -16,3 +16,4 @@ mod schema;
 mod sessions;
 mod throttle;
 mod tokens;
+mod upgrade;
