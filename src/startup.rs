@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use poem::listener::{Acceptor as _, TcpAcceptor};
 use poem::Server;
-use sea_orm::{ConnectionTrait as _, DbBackend};
+use sea_orm::DbBackend;
 
 use crate::auth::{listener, sweeper, AuthService};
 use crate::clock::Clock;

@@ -69,7 +69,7 @@ pub async fn revoke_in<C: ConnectionTrait>(
         .await?
         .rows_affected;
     if txn.get_database_backend() == DbBackend::Postgres {
-        txn.execute(Statement::from_sql_and_values(
+        txn.execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "SELECT pg_notify($1, $2)",
             [CHANNEL.into(), user_id.to_string().into()],

@@ -11,7 +11,7 @@ use authql::auth::AuthService;
 use authql::clock::Clock;
 use authql::config::Settings;
 use authql::startup::App;
-use rand::distributions::{Alphanumeric, DistString as _};
+use rand::distr::{Alphanumeric, SampleString as _};
 use sea_orm::{ConnectionTrait as _, Database};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -258,7 +258,7 @@ pub fn error_reasons(body: &Value) -> Vec<String> {
 }
 
 pub fn random_text(len: usize) -> String {
-    Alphanumeric.sample_string(&mut rand::thread_rng(), len)
+    Alphanumeric.sample_string(&mut rand::rng(), len)
 }
 
 async fn start(
