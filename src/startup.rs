@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use sea_orm::{ConnectionTrait as _, DbBackend};
+use sea_orm::DbBackend;
 
 use crate::auth::{listener, sweeper, AuthService};
 use crate::clock::Clock;

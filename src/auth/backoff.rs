@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::ExprTrait as _;
 use sea_orm::{ColumnTrait as _, EntityTrait as _, QueryFilter as _};
 
 use super::{throttle, AuthService};

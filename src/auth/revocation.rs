@@ -12,6 +12,7 @@
 //! or by another device. Such a request must not revoke the sessions that
 //! came after.
 
+use sea_orm::sea_query::ExprTrait as _;
 use sea_orm::sea_query::{Alias, Condition, Expr, Query, SimpleExpr};
 use sea_orm::{
     ColumnTrait as _, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait as _,
@@ -114,7 +115,7 @@ pub async fn revoke_in<C: ConnectionTrait>(
         .await?
         .rows_affected;
     if txn.get_database_backend() == DbBackend::Postgres {
-        txn.execute(Statement::from_sql_and_values(
+        txn.execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "SELECT pg_notify($1, $2)",
             [CHANNEL.into(), user_id.to_string().into()],

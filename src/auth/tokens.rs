@@ -5,8 +5,9 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use rand::rngs::OsRng;
-use rand::RngCore as _;
+use rand::rand_core::UnwrapErr;
+use rand::rngs::SysRng;
+use rand::Rng as _;
 use secrecy::{ExposeSecret as _, SecretString};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
@@ -32,7 +33,8 @@ impl Token {
     /// A fresh token from the operating system's CSPRNG.
     pub fn generate() -> Self {
         let mut random = [0u8; RANDOM_BYTES];
-        OsRng.fill_bytes(&mut random);
+        // A failing OS source panics rather than yield a weak token.
+        UnwrapErr(SysRng).fill_bytes(&mut random);
         let body = URL_SAFE_NO_PAD.encode(random);
         let checksum = URL_SAFE_NO_PAD.encode(checksum(&random));
         Self(format!("{PREFIX}{body}{checksum}").into())

@@ -2,9 +2,10 @@
 //! that "Alice", "ALICE" and a full-width "Ａｌｉｃｅ" are one account and
 //! one throttling key; and the form in which an attempted name is logged.
 
-use hmac::{Hmac, Mac as _};
-use rand::rngs::OsRng;
-use rand::RngCore as _;
+use hmac::{Hmac, KeyInit as _, Mac as _};
+use rand::rand_core::UnwrapErr;
+use rand::rngs::SysRng;
+use rand::Rng as _;
 use sha2::Sha256;
 use unicode_normalization::UnicodeNormalization as _;
 
@@ -66,7 +67,7 @@ pub struct UsernameHasher {
 impl UsernameHasher {
     pub fn new() -> Self {
         let mut key = [0u8; 32];
-        OsRng.fill_bytes(&mut key);
+        UnwrapErr(SysRng).fill_bytes(&mut key);
         // HMAC takes a key of any length: this cannot fail.
         let mac = Hmac::new_from_slice(&key).expect("HMAC accepts any key length");
         Self { mac }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use authql::auth::{ClientInfo, Credential};
 use authql::graphql::{self, DocumentCache, RequestContext};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt as _, SeedableRng};
 
 use crate::helpers::spawn_app;
 
@@ -52,27 +52,27 @@ struct Generator {
 
 impl Generator {
     fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.rng.gen_range(0..items.len())]
+        items[self.rng.random_range(0..items.len())]
     }
 
     fn value(&mut self, depth: usize) -> String {
-        match self.rng.gen_range(0..if depth > 6 { 6 } else { 10 }) {
-            0 => self.rng.gen_range(-5..100_000).to_string(),
+        match self.rng.random_range(0..if depth > 6 { 6 } else { 10 }) {
+            0 => self.rng.random_range(-5..100_000).to_string(),
             1 => "\"[{( \\\" ]\"".to_owned(),
             2 => "\"\"\"block \\\"\"\" [[[ \"\"\"".to_owned(),
             3 => self
                 .pick(&["true", "false", "null", "ENUM", "1.5e3"])
                 .to_owned(),
             4 => "$v".to_owned(),
-            5 => format!("\"{}\"", "x".repeat(self.rng.gen_range(0..64))),
+            5 => format!("\"{}\"", "x".repeat(self.rng.random_range(0..64))),
             6 | 7 => {
-                let items: Vec<String> = (0..self.rng.gen_range(0..4))
+                let items: Vec<String> = (0..self.rng.random_range(0..4))
                     .map(|_| self.value(depth + 1))
                     .collect();
                 format!("[{}]", items.join(", "))
             }
             _ => {
-                let items: Vec<String> = (0..self.rng.gen_range(0..3))
+                let items: Vec<String> = (0..self.rng.random_range(0..3))
                     .map(|i| format!("k{i}: {}", self.value(depth + 1)))
                     .collect();
                 format!("{{{}}}", items.join(", "))
@@ -82,34 +82,34 @@ impl Generator {
 
     fn selection_set(&mut self, depth: usize, fragments: usize) -> String {
         let mut out = String::from("{");
-        for _ in 0..self.rng.gen_range(1..5) {
-            match self.rng.gen_range(0..10) {
+        for _ in 0..self.rng.random_range(1..5) {
+            match self.rng.random_range(0..10) {
                 0 if fragments > 0 => {
-                    out.push_str(&format!(" ...F{}", self.rng.gen_range(0..fragments + 1)));
+                    out.push_str(&format!(" ...F{}", self.rng.random_range(0..fragments + 1)));
                 }
                 1 if depth < 8 => {
                     out.push_str(" ... on Query ");
                     out.push_str(&self.selection_set(depth + 1, fragments));
                 }
                 _ => {
-                    if self.rng.gen_bool(0.2) {
-                        out.push_str(&format!(" a{}:", self.rng.gen_range(0..40)));
+                    if self.rng.random_bool(0.2) {
+                        out.push_str(&format!(" a{}:", self.rng.random_range(0..40)));
                     }
                     out.push(' ');
                     out.push_str(self.pick(FIELDS));
-                    if self.rng.gen_bool(0.3) {
+                    if self.rng.random_bool(0.3) {
                         out.push_str(&format!("(x: {}, password: \"p\")", self.value(0)));
                     }
-                    if self.rng.gen_bool(0.15) {
+                    if self.rng.random_bool(0.15) {
                         out.push_str(&format!(" @skip(if: {})", self.value(5)));
                     }
-                    if depth < 8 && self.rng.gen_bool(0.4) {
+                    if depth < 8 && self.rng.random_bool(0.4) {
                         out.push(' ');
                         out.push_str(&self.selection_set(depth + 1, fragments));
                     }
                 }
             }
-            if self.rng.gen_bool(0.05) {
+            if self.rng.random_bool(0.05) {
                 out.push_str(" # comment {[(\n");
             }
         }
@@ -118,8 +118,8 @@ impl Generator {
     }
 
     fn grammar_shaped(&mut self) -> String {
-        let fragments = self.rng.gen_range(0..6);
-        let mut out = match self.rng.gen_range(0..4) {
+        let fragments = self.rng.random_range(0..6);
+        let mut out = match self.rng.random_range(0..4) {
             0 => String::new(),
             1 => "query Q($v: [[Int!]]) ".to_owned(),
             2 => "mutation M ".to_owned(),
@@ -134,8 +134,8 @@ impl Generator {
     }
 
     fn hostile(&mut self) -> String {
-        let n = self.rng.gen_range(1..6_000);
-        match self.rng.gen_range(0..7) {
+        let n = self.rng.random_range(1..6_000);
+        match self.rng.random_range(0..7) {
             0 => format!("{{ me(x: {}1{}) {{ id }} }}", "[".repeat(n), "]".repeat(n)),
             1 => format!(
                 "{{ me(x: {}1{}) {{ id }} }}",
@@ -172,23 +172,23 @@ impl Generator {
     /// Random edits: cut, repeat a slice, insert punctuation.
     fn mutate(&mut self, text: String) -> String {
         let mut bytes = text.into_bytes();
-        for _ in 0..self.rng.gen_range(1..4) {
+        for _ in 0..self.rng.random_range(1..4) {
             if bytes.is_empty() {
                 break;
             }
-            let at = self.rng.gen_range(0..bytes.len());
-            match self.rng.gen_range(0..3) {
+            let at = self.rng.random_range(0..bytes.len());
+            match self.rng.random_range(0..3) {
                 0 => bytes.truncate(at),
                 1 => {
-                    let end = (at + self.rng.gen_range(1..32)).min(bytes.len());
+                    let end = (at + self.rng.random_range(1..32)).min(bytes.len());
                     let slice = bytes[at..end].to_vec();
-                    for _ in 0..self.rng.gen_range(1..50) {
+                    for _ in 0..self.rng.random_range(1..50) {
                         bytes.splice(at..at, slice.iter().copied());
                     }
                 }
                 _ => {
                     let punct = b"{}[]()\"#\\:$@!.,=|&\n";
-                    bytes.insert(at, punct[self.rng.gen_range(0..punct.len())]);
+                    bytes.insert(at, punct[self.rng.random_range(0..punct.len())]);
                 }
             }
         }
@@ -196,10 +196,10 @@ impl Generator {
     }
 
     fn next_document(&mut self) -> String {
-        let document = match self.rng.gen_range(0..3) {
+        let document = match self.rng.random_range(0..3) {
             0 => self.grammar_shaped(),
             1 => self.hostile(),
-            _ => (0..self.rng.gen_range(1..200))
+            _ => (0..self.rng.random_range(1..200))
                 .map(|_| {
                     self.pick(&[
                         "{", "}", "[", "]", "(", ")", "\"", "a", ":", "...", "#", "\n", "$", " ",
@@ -207,7 +207,7 @@ impl Generator {
                 })
                 .collect(),
         };
-        if self.rng.gen_bool(0.3) {
+        if self.rng.random_bool(0.3) {
             self.mutate(document)
         } else {
             document

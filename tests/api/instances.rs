@@ -72,7 +72,7 @@ async fn connect(url: &str) -> DatabaseConnection {
 async fn terminate(app: &TestApp, condition: &str) -> usize {
     let own = connect(&app.database_url).await;
     let rows = own
-        .query_all(sea_orm::Statement::from_string(
+        .query_all_raw(sea_orm::Statement::from_string(
             own.get_database_backend(),
             format!(
                 "SELECT pg_terminate_backend(pid, 5000) AS killed FROM pg_stat_activity \

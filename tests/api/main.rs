@@ -20,3 +20,4 @@ mod sessions;
 mod stale_request;
 mod throttle;
 mod tokens;
+mod upgrade;

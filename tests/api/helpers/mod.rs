@@ -30,7 +30,7 @@ use authql::clock::Clock;
 use authql::config::Settings;
 use authql::db::entities::user;
 use authql::startup::App;
-use rand::distributions::{Alphanumeric, DistString as _};
+use rand::distr::{Alphanumeric, SampleString as _};
 use sea_orm::{
     ColumnTrait as _, ConnectionTrait as _, Database, EntityTrait as _, QueryFilter as _,
 };
@@ -139,6 +139,17 @@ pub async fn spawn_postgres_app() -> TestApp {
         "TEST_DATABASE_URL is not PostgreSQL: {url}"
     );
     app
+}
+
+/// Starts a server on a copy of the SQLite database file `fixture`, made in
+/// a temporary directory so the fixture itself is never written.
+pub async fn spawn_app_on_copy_of(fixture: &std::path::Path) -> TestApp {
+    init_logs();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let file = dir.path().join("authql.db");
+    std::fs::copy(fixture, &file).expect("fixture copied");
+    let database_url = format!("sqlite://{}?mode=rwc", file.display());
+    start(database_url, Arc::new(Storage::Sqlite(dir)), |_| {}).await
 }
 
 impl TestApp {
@@ -309,7 +320,7 @@ pub async fn failed_logins(app: &TestApp, username: &str) -> i32 {
 }
 
 pub fn random_text(len: usize) -> String {
-    Alphanumeric.sample_string(&mut rand::thread_rng(), len)
+    Alphanumeric.sample_string(&mut rand::rng(), len)
 }
 
 async fn start(
