@@ -52,6 +52,9 @@ async fn listen(database_url: &str) -> Result<PgListener, sea_orm::sqlx::Error> 
     Ok(listener)
 }
 
+/// The heartbeat, as pg_stat_activity shows it.
+pub const HEARTBEAT_QUERY: &str = "SELECT 1 AS authql_listener_heartbeat";
+
 /// Applies notifications until the connection fails.
 async fn follow(listener: &mut PgListener, cache: &TokenCache) {
     loop {
@@ -59,7 +62,9 @@ async fn follow(listener: &mut PgListener, cache: &TokenCache) {
             // Quiet for a while: make sure the connection still answers. One
             // that died without a word (a network partition) would
             // otherwise keep the cache trusted until its entries expire.
-            let ping = sea_orm::sqlx::query("SELECT 1").execute(&mut *listener);
+            // Named, so that an operator (and a test) looking at
+            // pg_stat_activity tells this connection from the pool's.
+            let ping = sea_orm::sqlx::query(HEARTBEAT_QUERY).execute(&mut *listener);
             match tokio::time::timeout(HEARTBEAT, ping).await {
                 Ok(Ok(_)) => continue,
                 Ok(Err(err)) => tracing::warn!(error = %err, "revocation channel failed"),

@@ -257,7 +257,13 @@ async fn a_killed_listener_lets_no_revoked_token_through_and_listens_again() {
     let token = a.login(&user).await;
     warm_on(&b, &token).await;
 
-    let killed = terminate(&a, "query ILIKE 'LISTEN%'").await;
+    // A listener's last statement is its LISTEN, or its heartbeat once it
+    // has been quiet for a second.
+    let listeners = format!(
+        "query ILIKE 'LISTEN%' OR query = '{}'",
+        authql::auth::listener::HEARTBEAT_QUERY
+    );
+    let killed = terminate(&a, &listeners).await;
     assert!(
         killed >= 2,
         "expected both instances' listeners, killed {killed}"
