@@ -79,19 +79,14 @@ impl AuthService {
         let account = self.find_user(username).await?;
         let password = self.check_policy(password, &account.username, None)?;
         let hash = self.hasher().hash(&password).await?;
-        let txn = self.db().begin().await?;
-        user::ActiveModel {
+        let change = user::ActiveModel {
             id: Set(account.id),
             password_hash: Set(hash),
             failed_logins: Set(0),
             last_failed_login: Set(None),
             ..Default::default()
-        }
-        .update(&txn)
-        .await?;
-        let revoked = revocation::revoke_in(&txn, account.id, None).await?;
-        txn.commit().await?;
-        self.revoker().after_commit(account.id);
+        };
+        let revoked = self.update_and_revoke_all(account.id, change).await?;
         tracing::info!(
             event = "password_set",
             user_id = account.id,
@@ -107,23 +102,33 @@ impl AuthService {
     /// `NotFound` for an unknown user.
     pub async fn deactivate(&self, username: &str) -> Result<u64, AuthError> {
         let account = self.find_user(username).await?;
-        let txn = self.db().begin().await?;
-        user::ActiveModel {
+        let change = user::ActiveModel {
             id: Set(account.id),
             is_active: Set(false),
             ..Default::default()
-        }
-        .update(&txn)
-        .await?;
-        let revoked = revocation::revoke_in(&txn, account.id, None).await?;
-        txn.commit().await?;
-        self.revoker().after_commit(account.id);
+        };
+        let revoked = self.update_and_revoke_all(account.id, change).await?;
         tracing::info!(
             event = "user_deactivated",
             user_id = account.id,
             revoked,
             "user deactivated"
         );
+        Ok(revoked)
+    }
+
+    /// Applies `change` to a user and revokes every token of the user, in
+    /// one transaction; returns how many tokens were revoked.
+    async fn update_and_revoke_all(
+        &self,
+        user_id: i64,
+        change: user::ActiveModel,
+    ) -> Result<u64, AuthError> {
+        let txn = self.db().begin().await?;
+        change.update(&txn).await?;
+        let revoked = revocation::revoke_in(&txn, user_id, None).await?;
+        txn.commit().await?;
+        self.revoker().after_commit(user_id);
         Ok(revoked)
     }
 
