@@ -120,7 +120,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         ),
         Storage::Postgres { admin_url, name } => database_url_for(admin_url, name),
     };
-    start(database_url, storage, configure).await
+    start(database_url, storage, Clock::default(), configure).await
 }
 
 /// [`spawn_app`] for a test that needs PostgreSQL; fails the test at once
@@ -142,9 +142,17 @@ pub async fn spawn_postgres_app() -> TestApp {
 }
 
 impl TestApp {
-    /// A second server on the same database (another instance).
+    /// A second server on the same database (another instance). It shares
+    /// this app's clock, as instances share the wall time: moving one moves
+    /// both.
     pub async fn spawn_sibling(&self, configure: impl FnOnce(&mut Settings)) -> TestApp {
-        start(self.database_url.clone(), self._storage.clone(), configure).await
+        start(
+            self.database_url.clone(),
+            self._storage.clone(),
+            self.clock.clone(),
+            configure,
+        )
+        .await
     }
 
     pub fn is_postgres(&self) -> bool {
@@ -315,12 +323,12 @@ pub fn random_text(len: usize) -> String {
 async fn start(
     database_url: String,
     storage: Arc<Storage>,
+    clock: Clock,
     configure: impl FnOnce(&mut Settings),
 ) -> TestApp {
     let mut settings = test_settings();
     settings.database_url = database_url.clone();
     configure(&mut settings);
-    let clock = Clock::default();
     let app = App::build_with_clock(settings, clock.clone())
         .await
         .expect("app builds");
