@@ -127,13 +127,18 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 /// when `TEST_DATABASE_URL` is unset, so that it cannot pass on SQLite
 /// without asserting anything.
 pub async fn spawn_postgres_app() -> TestApp {
+    spawn_postgres_app_with(|_| {}).await
+}
+
+/// [`spawn_postgres_app`] with `configure` applied to the test settings.
+pub async fn spawn_postgres_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let url = std::env::var("TEST_DATABASE_URL").unwrap_or_default();
     assert!(
         !url.is_empty(),
         "this test needs PostgreSQL: set TEST_DATABASE_URL (e.g. \
          postgres://postgres@127.0.0.1:5432/postgres)"
     );
-    let app = spawn_app().await;
+    let app = spawn_app_with(configure).await;
     assert!(
         app.is_postgres(),
         "TEST_DATABASE_URL is not PostgreSQL: {url}"
@@ -242,6 +247,19 @@ impl TestApp {
             Some(token),
         )
         .await
+    }
+
+    /// Stops this server, then starts a new one on the same database with
+    /// the same clock and `configure` applied: a restart, as far as the
+    /// database can tell (the new process starts with empty memory).
+    pub async fn restart(self, configure: impl FnOnce(&mut Settings)) -> TestApp {
+        let (database_url, storage, clock) = (
+            self.database_url.clone(),
+            self._storage.clone(),
+            self.clock.clone(),
+        );
+        self.stop().await;
+        start(database_url, storage, clock, configure).await
     }
 
     /// Stops the server as SIGTERM would and waits for it.
