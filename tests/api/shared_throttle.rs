@@ -261,3 +261,30 @@ async fn with_twenty_thousand_unknown_names_recorded_real_and_unknown_still_matc
 
     probe.assert_alike();
 }
+
+#[tokio::test]
+async fn the_sweep_forgets_only_rows_that_remember_nothing() {
+    let app = spawn_app().await;
+    let user = app.create_user().await;
+    app.login(&user).await;
+    let body = app.login_as("nobody_by_this_name", WRONG).await;
+    assert_eq!(error_code(&body), "INVALID_CREDENTIALS", "{body}");
+    let rows = || async {
+        login_throttle::Entity::find()
+            .count(app.auth.db())
+            .await
+            .unwrap()
+    };
+    // The IP, the account's name and the unknown name.
+    assert_eq!(rows().await, 3);
+
+    // A second on, every budget is full again; the failure is remembered.
+    app.clock.advance(Duration::from_secs(1));
+    let store = app.auth.throttle_store();
+    assert_eq!(store.sweep(app.clock.now()).await.unwrap(), 2);
+    assert_eq!(rows().await, 1);
+
+    app.clock.advance(Duration::from_secs(24 * 3600));
+    assert_eq!(store.sweep(app.clock.now()).await.unwrap(), 1);
+    assert_eq!(rows().await, 0);
+}
