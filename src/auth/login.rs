@@ -1,4 +1,4 @@
-//! Login, in the spec's order: the in-memory limits, the account backoff,
+//! Login, in the spec's order: the rate limits, the account backoff,
 //! the captcha, then the password; a refused attempt costs no bcrypt and no
 //! call to the captcha service. A success completes in one transaction with
 //! the new session.
@@ -17,7 +17,8 @@ use crate::metrics;
 
 impl AuthService {
     /// Exchanges credentials for a new token. Checks run in the spec's
-    /// order: throttle (the in-memory limits, then the account backoff),
+    /// order: throttle (the rate limits, in memory then shared, then the
+    /// account backoff),
     /// captcha, then password; a refused attempt costs no bcrypt and no call
     /// to the captcha service.
     ///
@@ -46,14 +47,20 @@ impl AuthService {
             |n| n.as_ref().to_owned(),
         );
         let username_hash = self.usernames_logged.hash(&key);
-        if let Err((limit, err)) = self.throttle.check(client.ip, &key) {
-            // Before the lookup: whether the name is an account is unknown.
-            audit!("rate_limited", client, limit = ?limit, username_hash = %username_hash, "login refused by the rate limit");
-            metrics::login("rate_limited");
-            return Err(err);
-        }
-
         let now = self.clock.now();
+        // The name's backoff as an unknown name comes back with the rate
+        // limit's one statement: an unknown name costs the round trips an
+        // account does.
+        let as_unknown = match self.count_attempt(client.ip, &key, now).await? {
+            Ok(backoff) => backoff,
+            Err((limit, err)) => {
+                // Before the lookup: whether the name is an account is unknown.
+                audit!("rate_limited", client, limit = ?limit, username_hash = %username_hash, "login refused by the rate limit");
+                metrics::login("rate_limited");
+                return Err(err);
+            }
+        };
+
         let account = match &name {
             Some(name) => {
                 user::Entity::find()
@@ -87,7 +94,7 @@ impl AuthService {
             Some(account) => {
                 throttle::check_backoff(account.failed_logins, account.last_failed_login, now)
             }
-            None => self.throttle.check_unknown(&key, now),
+            None => throttle::check_backoff(as_unknown.failures, as_unknown.last_failure, now),
         }
         .map_err(refused_by_backoff)?;
         self.check_captcha(captcha, &who, client).await?;
@@ -95,7 +102,11 @@ impl AuthService {
         // account is in backoff.
         let counted = match &account {
             Some(account) => self.begin_attempt(account, now).await,
-            None => self.throttle.begin_unknown(&key, now),
+            None => {
+                self.throttle_store
+                    .begin_unknown(&key, as_unknown, now)
+                    .await
+            }
         }
         .map_err(refused_by_backoff)?;
 
@@ -109,7 +120,11 @@ impl AuthService {
             if !counted {
                 match &account {
                     Some(account) => self.record_failure(account.id, now).await?,
-                    None => self.throttle.record_unknown_failure(&key, now),
+                    None => {
+                        self.throttle_store
+                            .record_unknown_failure(&key, now)
+                            .await?
+                    }
                 }
             }
             audit!(

@@ -27,6 +27,7 @@ pub mod revocation;
 mod sessions;
 pub mod sweeper;
 pub mod throttle;
+pub mod throttle_store;
 pub mod tokens;
 pub mod username;
 pub mod users;
@@ -48,6 +49,7 @@ use captcha::CaptchaVerifier;
 use passwords::{PasswordHasher, PasswordPolicy};
 use revocation::Revoker;
 use throttle::LoginThrottle;
+use throttle_store::ThrottleStore;
 use tokens::Token;
 use username::UsernameHasher;
 
@@ -151,6 +153,7 @@ pub struct AuthService {
     hasher: PasswordHasher,
     policy: PasswordPolicy,
     throttle: LoginThrottle,
+    throttle_store: ThrottleStore,
     captcha: Option<CaptchaVerifier>,
     usernames_logged: UsernameHasher,
     clock: Clock,
@@ -160,7 +163,8 @@ pub struct AuthService {
 
 impl AuthService {
     /// # Errors
-    /// When the dummy hash or the captcha client cannot be made.
+    /// When the dummy hash or the captcha client cannot be made, or the
+    /// throttle key cannot be read.
     pub async fn new(
         db: DatabaseConnection,
         settings: &Settings,
@@ -174,6 +178,7 @@ impl AuthService {
                 min_length: settings.password_min_length as usize,
             },
             throttle: LoginThrottle::new(settings.login_rate),
+            throttle_store: ThrottleStore::open(db.clone(), settings.login_rate).await?,
             captcha: CaptchaVerifier::from_settings(settings)?,
             usernames_logged: UsernameHasher::new(),
             token_ttl: chrono::Duration::from_std(settings.token_ttl)
@@ -195,6 +200,10 @@ impl AuthService {
 
     pub fn throttle(&self) -> &LoginThrottle {
         &self.throttle
+    }
+
+    pub fn throttle_store(&self) -> &ThrottleStore {
+        &self.throttle_store
     }
 
     pub fn clock(&self) -> &Clock {

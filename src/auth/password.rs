@@ -38,7 +38,10 @@ impl AuthService {
             .ok_or_else(|| self.revoker.session_gone(principal))?;
         // The same limits as login: a stolen token must not be an
         // unthrottled password oracle.
-        if let Err((limit, err)) = self.throttle.check(client.ip, &account.username) {
+        if let Err((limit, err)) = self
+            .count_attempt(client.ip, &account.username, now)
+            .await?
+        {
             audit!("rate_limited", client, limit = ?limit, user_id = account.id, "password change refused by the rate limit");
             return Err(err);
         }

@@ -1,6 +1,7 @@
-//! Periodic housekeeping: deletes expired tokens in small batches (short
-//! transactions, no long locks, on both backends) and lets the login
-//! throttle forget idle keys.
+//! Periodic housekeeping: deletes expired tokens and the shared throttle's
+//! rows that remember nothing any more, in small batches (short
+//! transactions, no long locks, on both backends), and lets the in-memory
+//! login throttle forget idle keys.
 
 use std::time::Duration;
 
@@ -28,6 +29,11 @@ pub async fn run(auth: std::sync::Arc<AuthService>) {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "expired tokens swept"),
             Err(err) => tracing::warn!(error = %err, "expired-token sweep failed"),
+        }
+        match auth.throttle_store().sweep(auth.clock().now()).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::debug!(deleted, "idle throttle rows swept"),
+            Err(err) => tracing::warn!(error = %err, "throttle sweep failed"),
         }
     }
 }

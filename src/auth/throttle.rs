@@ -1,15 +1,20 @@
-//! Login throttling.
+//! Login throttling: the rules, and the in-memory first filter.
 //!
-//! Layer one counts attempts in memory per client IP and, separately, per
-//! username, with `governor` (GCRA: `N/minute` allows a burst of N, then one
-//! more every minute/N). It runs once per `login` field, so aliases and
-//! batches cannot get around it.
+//! Layer one limits attempts per client IP and, separately, per username
+//! (GCRA: `N/minute` allows a burst of N, then one more every minute/N). It
+//! runs once per `login` field, so aliases and batches cannot get around it.
+//! The budget that counts is the shared one in the database
+//! (`throttle_store`), one per IP and per name across every instance and
+//! restart; the `governor` limiter here counts the same budget in this
+//! process's memory, in front, so a flood is refused without a database
+//! round trip. It can only refuse earlier than the store, never admit more.
 //!
 //! Layer two is the per-account backoff: after [`FREE_FAILURES`] consecutive
 //! failed password checks, each further attempt waits twice as long as the
 //! last after the latest failure. Known accounts keep their count in the
-//! `users` row (shared by every instance); unknown usernames keep theirs
-//! here, so the backoff does not reveal which usernames exist.
+//! `users` row; unknown usernames keep theirs in the shared store, under the
+//! same rules and with the same round trips, so the backoff does not reveal
+//! which usernames exist, on any instance or after a restart.
 //!
 //! Once an account is in backoff, an attempt is counted as a failure before
 //! its password is checked, in the same atomic step as the backoff check, so
@@ -20,13 +25,12 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use mini_moka::sync::Cache;
 
 use crate::config::LoginRate;
 use crate::error::AuthError;
@@ -36,11 +40,9 @@ pub const FREE_FAILURES: i32 = 5;
 /// The longest wait the backoff imposes.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 /// How long consecutive failures are remembered after the latest one. Known
-/// accounts (in the database) and unknown usernames (in memory) forget alike,
-/// so the backoff reveals nothing about which usernames exist.
+/// accounts (their row) and unknown usernames (the shared store) forget
+/// alike, so the backoff reveals nothing about which usernames exist.
 pub const FAILURE_MEMORY: Duration = Duration::from_secs(24 * 3600);
-/// Unknown usernames whose failures are remembered at once.
-const UNKNOWN_USERNAMES_CAPACITY: u64 = 100_000;
 
 /// How long after the latest failure the next attempt must wait, given
 /// `failures` consecutive failures: none up to 5, then 1 s, 2 s, 4 s, …
@@ -89,7 +91,7 @@ pub fn is_forgotten(last: DateTime<Utc>, now: DateTime<Utc>) -> bool {
     now - last >= chrono::Duration::from_std(FAILURE_MEMORY).unwrap_or(chrono::Duration::MAX)
 }
 
-fn rate_limited(wait: Duration) -> AuthError {
+pub(crate) fn rate_limited(wait: Duration) -> AuthError {
     // Whole seconds, rounded up, at least 1.
     let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     AuthError::RateLimited {
@@ -105,11 +107,6 @@ pub struct LoginThrottle {
 struct Inner {
     per_ip: DefaultKeyedRateLimiter<IpAddr>,
     per_username: DefaultKeyedRateLimiter<String>,
-    /// Unknown username → (consecutive failures, latest failure).
-    unknown: Cache<String, (i32, DateTime<Utc>)>,
-    /// Makes the read-increment-write of `unknown` atomic, so concurrent
-    /// failures are all counted (as the database update does for accounts).
-    unknown_writes: Mutex<()>,
 }
 
 /// Which limit refused an attempt (for logs and metrics).
@@ -126,11 +123,6 @@ impl LoginThrottle {
             inner: Arc::new(Inner {
                 per_ip: RateLimiter::keyed(quota),
                 per_username: RateLimiter::keyed(quota),
-                unknown: Cache::builder()
-                    .max_capacity(UNKNOWN_USERNAMES_CAPACITY)
-                    .time_to_live(FAILURE_MEMORY)
-                    .build(),
-                unknown_writes: Mutex::new(()),
             }),
         }
     }
@@ -152,68 +144,6 @@ impl LoginThrottle {
         Ok(())
     }
 
-    /// The backoff of an unknown username.
-    ///
-    /// # Errors
-    /// `RateLimited` while it runs.
-    pub fn check_unknown(&self, username: &str, now: DateTime<Utc>) -> Result<(), AuthError> {
-        match self.inner.unknown.get(&username.to_owned()) {
-            Some((failures, last)) => check_backoff(failures, Some(last), now),
-            None => Ok(()),
-        }
-    }
-
-    /// Starts an attempt on an unknown username, as `AuthService` does for
-    /// accounts: refused while the backoff runs; once in backoff, counted as
-    /// a failure at once, under the same lock as the check. Returns whether
-    /// the attempt was counted.
-    ///
-    /// # Errors
-    /// `RateLimited` while the backoff runs.
-    pub fn begin_unknown(&self, username: &str, now: DateTime<Utc>) -> Result<bool, AuthError> {
-        let _guard = self.lock_unknown();
-        let (failures, last) = self.unknown_failures(username);
-        check_backoff(failures, last, now)?;
-        if effective_failures(failures, last, now) < FREE_FAILURES {
-            return Ok(false);
-        }
-        self.count_unknown_failure(username, failures, last, now);
-        Ok(true)
-    }
-
-    /// Counts a failed (dummy) password check of an unknown username.
-    pub fn record_unknown_failure(&self, username: &str, now: DateTime<Utc>) {
-        let _guard = self.lock_unknown();
-        let (failures, last) = self.unknown_failures(username);
-        self.count_unknown_failure(username, failures, last, now);
-    }
-
-    fn unknown_failures(&self, username: &str) -> (i32, Option<DateTime<Utc>>) {
-        self.inner
-            .unknown
-            .get(&username.to_owned())
-            .map_or((0, None), |(failures, last)| (failures, Some(last)))
-    }
-
-    /// Call with the lock held.
-    fn count_unknown_failure(
-        &self,
-        username: &str,
-        failures: i32,
-        last: Option<DateTime<Utc>>,
-        now: DateTime<Utc>,
-    ) {
-        let next = effective_failures(failures, last, now).saturating_add(1);
-        self.inner.unknown.insert(username.to_owned(), (next, now));
-    }
-
-    fn lock_unknown(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.inner
-            .unknown_writes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// Drops keys whose budget is full again, bounding memory under a flood
     /// of distinct IPs and usernames. Called periodically.
     pub fn forget_idle(&self) {
@@ -233,7 +163,7 @@ impl LoginThrottle {
 /// The key an IP is throttled by: an IPv4 address itself, an IPv6 address
 /// by its /64 network, since one subscriber usually holds a whole /64 and
 /// could otherwise rotate through 2^64 addresses.
-fn network_of(ip: IpAddr) -> IpAddr {
+pub(crate) fn network_of(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
@@ -289,14 +219,10 @@ mod tests {
         let last = Utc::now();
         let a_day_later = last + chrono::Duration::hours(24);
         assert!(check_backoff(20, Some(last), a_day_later).is_ok());
-        let throttle = LoginThrottle::new(rate("100/second"));
-        for _ in 0..6 {
-            throttle.record_unknown_failure("ghost", last);
-        }
-        throttle.record_unknown_failure("ghost", a_day_later);
-        assert!(
-            throttle.check_unknown("ghost", a_day_later).is_ok(),
-            "counting restarted at 1"
+        assert_eq!(effective_failures(20, Some(last), a_day_later), 0);
+        assert_eq!(
+            effective_failures(20, Some(last), a_day_later - chrono::Duration::seconds(1)),
+            20
         );
     }
 
@@ -350,66 +276,5 @@ mod tests {
         assert!(throttle.check(Some(b), "y").is_ok());
         assert_eq!(throttle.check(Some(a), "z").unwrap_err().0, Limit::Ip);
         assert!(throttle.check(Some(other), "w").is_ok());
-    }
-
-    #[test]
-    fn unknown_usernames_back_off_like_accounts() {
-        let throttle = LoginThrottle::new(rate("100/second"));
-        let now = Utc::now();
-        for _ in 0..5 {
-            assert_eq!(throttle.begin_unknown("ghost", now).ok(), Some(false));
-            throttle.record_unknown_failure("ghost", now);
-        }
-        assert!(throttle.check_unknown("ghost", now).is_err());
-        assert!(throttle.begin_unknown("ghost", now).is_err());
-        let later = now + chrono::Duration::seconds(1);
-        assert!(throttle.check_unknown("ghost", later).is_ok());
-        assert!(throttle.check_unknown("someone-else", now).is_ok());
-    }
-
-    #[test]
-    fn in_backoff_concurrent_attempts_cannot_pass_one_check_together() {
-        let throttle = LoginThrottle::new(rate("100/second"));
-        let start = Utc::now();
-        for _ in 0..5 {
-            throttle.record_unknown_failure("ghost", start);
-        }
-        let now = start + chrono::Duration::seconds(1);
-        let passed = std::sync::atomic::AtomicUsize::new(0);
-        std::thread::scope(|scope| {
-            for _ in 0..4 {
-                scope.spawn(|| {
-                    for _ in 0..500 {
-                        if matches!(throttle.begin_unknown("ghost", now), Ok(true)) {
-                            passed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                    }
-                });
-            }
-        });
-        assert_eq!(passed.into_inner(), 1);
-        assert_eq!(
-            throttle.inner.unknown.get(&"ghost".to_owned()).unwrap().0,
-            6
-        );
-    }
-
-    #[test]
-    fn concurrent_failures_of_an_unknown_username_are_all_counted() {
-        let throttle = LoginThrottle::new(rate("100/second"));
-        let now = Utc::now();
-        std::thread::scope(|scope| {
-            for _ in 0..4 {
-                scope.spawn(|| {
-                    for _ in 0..500 {
-                        throttle.record_unknown_failure("ghost", now);
-                    }
-                });
-            }
-        });
-        assert_eq!(
-            throttle.inner.unknown.get(&"ghost".to_owned()).unwrap().0,
-            2000
-        );
     }
 }

@@ -17,6 +17,7 @@ mod login;
 mod observability;
 mod schema;
 mod sessions;
+mod shared_throttle;
 mod stale_request;
 mod throttle;
 mod tokens;

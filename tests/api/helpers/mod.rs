@@ -120,20 +120,25 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         ),
         Storage::Postgres { admin_url, name } => database_url_for(admin_url, name),
     };
-    start(database_url, storage, configure).await
+    start(database_url, storage, Clock::default(), configure).await
 }
 
 /// [`spawn_app`] for a test that needs PostgreSQL; fails the test at once
 /// when `TEST_DATABASE_URL` is unset, so that it cannot pass on SQLite
 /// without asserting anything.
 pub async fn spawn_postgres_app() -> TestApp {
+    spawn_postgres_app_with(|_| {}).await
+}
+
+/// [`spawn_postgres_app`] with `configure` applied to the test settings.
+pub async fn spawn_postgres_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let url = std::env::var("TEST_DATABASE_URL").unwrap_or_default();
     assert!(
         !url.is_empty(),
         "this test needs PostgreSQL: set TEST_DATABASE_URL (e.g. \
          postgres://postgres@127.0.0.1:5432/postgres)"
     );
-    let app = spawn_app().await;
+    let app = spawn_app_with(configure).await;
     assert!(
         app.is_postgres(),
         "TEST_DATABASE_URL is not PostgreSQL: {url}"
@@ -153,9 +158,17 @@ pub async fn spawn_app_on_copy_of(fixture: &std::path::Path) -> TestApp {
 }
 
 impl TestApp {
-    /// A second server on the same database (another instance).
+    /// A second server on the same database (another instance). It shares
+    /// this app's clock, as instances share the wall time: moving one moves
+    /// both.
     pub async fn spawn_sibling(&self, configure: impl FnOnce(&mut Settings)) -> TestApp {
-        start(self.database_url.clone(), self._storage.clone(), configure).await
+        start(
+            self.database_url.clone(),
+            self._storage.clone(),
+            self.clock.clone(),
+            configure,
+        )
+        .await
     }
 
     pub fn is_postgres(&self) -> bool {
@@ -247,6 +260,19 @@ impl TestApp {
         .await
     }
 
+    /// Stops this server, then starts a new one on the same database with
+    /// the same clock and `configure` applied: a restart, as far as the
+    /// database can tell (the new process starts with empty memory).
+    pub async fn restart(self, configure: impl FnOnce(&mut Settings)) -> TestApp {
+        let (database_url, storage, clock) = (
+            self.database_url.clone(),
+            self._storage.clone(),
+            self.clock.clone(),
+        );
+        self.stop().await;
+        start(database_url, storage, clock, configure).await
+    }
+
     /// Stops the server as SIGTERM would and waits for it.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -326,12 +352,12 @@ pub fn random_text(len: usize) -> String {
 async fn start(
     database_url: String,
     storage: Arc<Storage>,
+    clock: Clock,
     configure: impl FnOnce(&mut Settings),
 ) -> TestApp {
     let mut settings = test_settings();
     settings.database_url = database_url.clone();
     configure(&mut settings);
-    let clock = Clock::default();
     let app = App::build_with_clock(settings, clock.clone())
         .await
         .expect("app builds");
