@@ -27,9 +27,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use hmac::{Hmac, Mac as _};
-use rand::rngs::OsRng;
-use rand::RngCore as _;
+use hmac::{Hmac, KeyInit as _, Mac as _};
+use rand::rand_core::UnwrapErr;
+use rand::rngs::SysRng;
+use rand::Rng as _;
 use sea_orm::{ConnectionTrait as _, DatabaseConnection, DbErr, Statement, Value};
 use sha2::Sha256;
 
@@ -110,8 +111,8 @@ impl ThrottleStore {
     pub async fn open(db: DatabaseConnection, rate: LoginRate) -> anyhow::Result<Self> {
         let backend = db.get_database_backend();
         let mut fresh = [0u8; 32];
-        OsRng.fill_bytes(&mut fresh);
-        db.execute(Statement::from_sql_and_values(
+        UnwrapErr(SysRng).fill_bytes(&mut fresh);
+        db.execute_raw(Statement::from_sql_and_values(
             backend,
             "INSERT INTO throttle_keys (id, key) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
             [Value::from(fresh.to_vec())],
@@ -119,7 +120,7 @@ impl ThrottleStore {
         .await
         .context("cannot store the throttle key")?;
         let key: Vec<u8> = db
-            .query_one(Statement::from_string(
+            .query_one_raw(Statement::from_string(
                 backend,
                 "SELECT key FROM throttle_keys WHERE id = 1",
             ))
@@ -191,7 +192,7 @@ impl ThrottleStore {
         let sql = ADMIT.replace("{rows}", &rows);
         let answers = self
             .db
-            .query_all(Statement::from_sql_and_values(
+            .query_all_raw(Statement::from_sql_and_values(
                 self.db.get_database_backend(),
                 sql,
                 values,
@@ -254,7 +255,7 @@ impl ThrottleStore {
             }
             let reserved = self
                 .db
-                .execute(Statement::from_sql_and_values(
+                .execute_raw(Statement::from_sql_and_values(
                     backend,
                     RESERVE,
                     [
@@ -273,7 +274,7 @@ impl ThrottleStore {
             // Another attempt counted first: look again.
             let fresh = self
                 .db
-                .query_one(Statement::from_sql_and_values(
+                .query_one_raw(Statement::from_sql_and_values(
                     backend,
                     READ_FAILURES,
                     [Value::from(key.clone())],
@@ -303,7 +304,7 @@ impl ThrottleStore {
     ) -> Result<(), DbErr> {
         let now_us = now.timestamp_micros();
         self.db
-            .execute(Statement::from_sql_and_values(
+            .execute_raw(Statement::from_sql_and_values(
                 self.db.get_database_backend(),
                 RECORD_FAILURE,
                 [
@@ -328,7 +329,7 @@ impl ThrottleStore {
         loop {
             let deleted = self
                 .db
-                .execute(Statement::from_sql_and_values(
+                .execute_raw(Statement::from_sql_and_values(
                     self.db.get_database_backend(),
                     SWEEP,
                     [

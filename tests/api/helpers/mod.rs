@@ -154,7 +154,13 @@ pub async fn spawn_app_on_copy_of(fixture: &std::path::Path) -> TestApp {
     let file = dir.path().join("authql.db");
     std::fs::copy(fixture, &file).expect("fixture copied");
     let database_url = format!("sqlite://{}?mode=rwc", file.display());
-    start(database_url, Arc::new(Storage::Sqlite(dir)), |_| {}).await
+    start(
+        database_url,
+        Arc::new(Storage::Sqlite(dir)),
+        Clock::default(),
+        |_| {},
+    )
+    .await
 }
 
 impl TestApp {
