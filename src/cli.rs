@@ -74,6 +74,16 @@ pub enum UserCommand {
         #[command(flatten)]
         log: LogArgs,
     },
+    /// Turn a user's two-factor sign-in (TOTP) off and revoke all of the
+    /// user's tokens.
+    ResetMfa {
+        /// The user whose TOTP is turned off.
+        username: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        log: LogArgs,
+    },
 }
 
 /// What the commands that set a password take besides the username.
@@ -137,7 +147,8 @@ impl Command {
                     with: SetPasswordArgs { log, .. },
                     ..
                 }
-                | UserCommand::Deactivate { log, .. },
+                | UserCommand::Deactivate { log, .. }
+                | UserCommand::ResetMfa { log, .. },
             ) => log.log_format,
             Self::Schema => LogFormat::Text,
         }

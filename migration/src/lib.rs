@@ -8,6 +8,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20250101_000001_create_users_and_tokens;
 mod m20250101_000002_add_login_backoff;
+mod m20250101_000003_add_totp;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20250101_000001_create_users_and_tokens::Migration),
             Box::new(m20250101_000002_add_login_backoff::Migration),
+            Box::new(m20250101_000003_add_totp::Migration),
         ]
     }
 }

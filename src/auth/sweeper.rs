@@ -1,6 +1,6 @@
 //! Periodic housekeeping: deletes expired tokens in small batches (short
-//! transactions, no long locks, on both backends) and lets the login
-//! throttle forget idle keys.
+//! transactions, no long locks, on both backends) and expired MFA
+//! challenges, and lets the login throttle forget idle keys.
 
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use sea_orm::{
 };
 
 use super::AuthService;
-use crate::db::entities::auth_token;
+use crate::db::entities::{auth_token, mfa_challenge};
 
 /// How often housekeeping runs.
 pub const INTERVAL: Duration = Duration::from_secs(60);
@@ -28,6 +28,11 @@ pub async fn run(auth: std::sync::Arc<AuthService>) {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "expired tokens swept"),
             Err(err) => tracing::warn!(error = %err, "expired-token sweep failed"),
+        }
+        match sweep_expired_challenges(auth.db(), auth.clock().now()).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "expired MFA challenges swept"),
+            Err(err) => tracing::warn!(error = %err, "expired-challenge sweep failed"),
         }
     }
 }
@@ -66,4 +71,20 @@ pub async fn sweep_expired(
         // Let other writers in between batches.
         tokio::task::yield_now().await;
     }
+}
+
+/// Deletes every MFA challenge expired at `now`; returns how many. One
+/// statement: challenges live minutes, so there are never many.
+///
+/// # Errors
+/// A database error.
+pub async fn sweep_expired_challenges(
+    db: &DatabaseConnection,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<u64, DbErr> {
+    Ok(mfa_challenge::Entity::delete_many()
+        .filter(mfa_challenge::Column::ExpiresAt.lte(now))
+        .exec(db)
+        .await?
+        .rows_affected)
 }

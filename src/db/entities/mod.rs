@@ -1,5 +1,7 @@
-//! sea-orm models of the two tables. Rows only: the API types that clients
+//! sea-orm models of the tables. Rows only: the API types that clients
 //! see are built from these by hand, so a digest or a hash cannot leak.
 
 pub mod auth_token;
+pub mod mfa_challenge;
+pub mod recovery_code;
 pub mod user;
