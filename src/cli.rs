@@ -28,6 +28,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Parsed once at start and matched once: the size of the `Serve` variant
+/// costs nothing worth a `Box`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum Command {
     /// Apply pending migrations, then serve (the default).
@@ -68,6 +71,16 @@ pub enum UserCommand {
     /// Deactivate a user and revoke all of the user's tokens.
     Deactivate {
         /// The user to deactivate.
+        username: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        log: LogArgs,
+    },
+    /// Turn a user's two-factor sign-in (TOTP) off and revoke all of the
+    /// user's tokens.
+    ResetMfa {
+        /// The user whose TOTP is turned off.
         username: String,
         #[command(flatten)]
         database: DatabaseArgs,
@@ -137,7 +150,8 @@ impl Command {
                     with: SetPasswordArgs { log, .. },
                     ..
                 }
-                | UserCommand::Deactivate { log, .. },
+                | UserCommand::Deactivate { log, .. }
+                | UserCommand::ResetMfa { log, .. },
             ) => log.log_format,
             Self::Schema => LogFormat::Text,
         }

@@ -93,6 +93,23 @@ pub async fn user(command: UserCommand) -> anyhow::Result<()> {
             eprintln!("user deactivated; {revoked} session(s) revoked");
             warn_about_sqlite_caches(sqlite);
         }
+        UserCommand::ResetMfa {
+            username,
+            database,
+            log: _,
+        } => {
+            let sqlite = is_sqlite(&database);
+            let auth = open(database, PasswordArgs::default()).await?;
+            let (was_on, revoked) = auth.reset_mfa(&username).await.map_err(explain)?;
+            if was_on {
+                eprintln!("two-factor sign-in turned off; {revoked} session(s) revoked");
+            } else {
+                eprintln!(
+                    "two-factor sign-in was not on; {revoked} session(s) revoked all the same"
+                );
+            }
+            warn_about_sqlite_caches(sqlite);
+        }
     }
     Ok(())
 }

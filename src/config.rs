@@ -142,6 +142,25 @@ pub struct ServerArgs {
     /// idle kept-alive connection stays open.
     #[arg(long, env = "AUTHQL_HEADER_READ_TIMEOUT", default_value = "10", value_parser = parse_seconds, value_name = "SECONDS")]
     pub header_read_timeout: Duration,
+
+    /// At least 32 random bytes, base64 (`openssl rand -base64 32`): the key
+    /// TOTP secrets are encrypted under. Unset: two-factor sign-in is
+    /// unavailable.
+    #[arg(long, env = "AUTHQL_SECRET_KEY", value_name = "BASE64")]
+    pub secret_key: Option<SecretKey>,
+
+    /// Issuer shown by authenticator apps next to the account name.
+    #[arg(
+        long,
+        env = "AUTHQL_MFA_ISSUER",
+        default_value = "authql",
+        value_name = "NAME"
+    )]
+    pub mfa_issuer: String,
+
+    /// Seconds a login's second step (its MFA challenge) stays valid.
+    #[arg(long, env = "AUTHQL_MFA_CHALLENGE_TTL", default_value = "300", value_parser = parse_seconds, value_name = "SECONDS")]
+    pub mfa_challenge_ttl: Duration,
 }
 
 /// How log lines are written: every command that logs.
@@ -190,6 +209,9 @@ pub struct Settings {
     pub cors_origins: Vec<String>,
     pub max_connections: u32,
     pub header_read_timeout: Duration,
+    pub secret_key: Option<SecretKey>,
+    pub mfa_issuer: String,
+    pub mfa_challenge_ttl: Duration,
 }
 
 impl From<ServeArgs> for Settings {
@@ -222,6 +244,9 @@ impl From<ServeArgs> for Settings {
             cors_origins: server.cors_origins,
             max_connections: server.max_connections,
             header_read_timeout: server.header_read_timeout,
+            secret_key: server.secret_key,
+            mfa_issuer: server.mfa_issuer,
+            mfa_challenge_ttl: server.mfa_challenge_ttl,
         }
     }
 }
@@ -294,6 +319,8 @@ impl fmt::Debug for Settings {
                 "captcha",
                 &self.captcha_secret.as_ref().map(|_| self.captcha_provider),
             )
+            .field("secret_key", &self.secret_key)
+            .field("mfa_issuer", &self.mfa_issuer)
             .finish_non_exhaustive()
     }
 }
@@ -320,11 +347,16 @@ impl SettingError {
     /// looked up among authql's settings. `value` is shown with any password
     /// masked.
     pub fn new(flag: &str, value: &str, problem: impl Into<String>) -> Self {
+        let value = if SECRET_FLAGS.contains(&flag) {
+            "[redacted]".to_owned()
+        } else {
+            crate::db::redact_url(value)
+        };
         Self(Box::new(Refused {
             flag: flag.to_owned(),
             env: env_var_of(flag),
             from_env: false,
-            value: crate::db::redact_url(value),
+            value,
             problem: problem.into(),
             hint: None,
         }))
@@ -402,6 +434,56 @@ impl fmt::Display for SettingError {
 }
 
 impl std::error::Error for SettingError {}
+
+/// Flags whose value is a secret as a whole: an error about one never shows it.
+const SECRET_FLAGS: &[&str] = &["--secret-key", "--captcha-secret"];
+
+/// The fewest bytes a `secret-key` decodes to.
+pub const SECRET_KEY_MIN_BYTES: usize = 32;
+
+/// `secret-key`: at least 32 bytes, given in base64 (standard or URL-safe,
+/// padded or not). Its `Debug` is redacted, it has no `Display`, and the
+/// bytes are reachable only through [`SecretKey::expose`].
+#[derive(Clone)]
+pub struct SecretKey(std::sync::Arc<[u8]>);
+
+impl SecretKey {
+    /// The key's bytes, for deriving the encryption key and nothing else.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretKey([redacted])")
+    }
+}
+
+impl FromStr for SecretKey {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        use base64::alphabet::{STANDARD, URL_SAFE};
+        use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+        use base64::Engine as _;
+        let lenient =
+            GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+        let text = s.trim();
+        let bytes = GeneralPurpose::new(&STANDARD, lenient)
+            .decode(text)
+            .or_else(|_| GeneralPurpose::new(&URL_SAFE, lenient).decode(text))
+            .map_err(|_| "not base64; make one with `openssl rand -base64 32`".to_owned())?;
+        if bytes.len() < SECRET_KEY_MIN_BYTES {
+            return Err(format!(
+                "decodes to {} bytes; at least {SECRET_KEY_MIN_BYTES} random bytes are needed \
+                 (`openssl rand -base64 32` makes a key)",
+                bytes.len()
+            ));
+        }
+        Ok(Self(bytes.into()))
+    }
+}
 
 /// The environment variable of the setting whose long flag is `flag`, as
 /// declared on the flag itself.
@@ -656,7 +738,27 @@ mod tests {
     }
 
     #[test]
+    fn the_secret_key_is_base64_of_at_least_32_bytes() {
+        let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+        assert_eq!(key.parse::<SecretKey>().unwrap().expose().len(), 32);
+        assert!(key.trim_end_matches('=').parse::<SecretKey>().is_ok());
+        let short = "c2hvcnQ=".parse::<SecretKey>().unwrap_err();
+        assert!(short.contains("decodes to 5 bytes"), "{short}");
+        assert!("not base64!"
+            .parse::<SecretKey>()
+            .unwrap_err()
+            .contains("not base64"));
+        let err = SettingError::new("--secret-key", "c2hvcnQ=", short);
+        let text = err.to_string();
+        assert!(text.contains("AUTHQL_SECRET_KEY"), "{text}");
+        assert!(!text.contains("c2hvcnQ"), "{text}");
+    }
+
+    #[test]
     fn debug_output_hides_secrets() {
+        let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+        let settings = Settings::from_args(&["--secret-key", key]);
+        assert!(!format!("{settings:?}").contains("MDEy"));
         let mut settings = Settings::from_args(&["--captcha-secret", "hush-hush"]);
         settings.database_url = "postgres://u:pw123@h/db".into();
         let printed = format!("{settings:?}");

@@ -47,6 +47,16 @@ pub enum AuthError {
         reasons: Vec<String>,
     },
     NotFound,
+    /// The password was right, and the user has two-factor sign-in on: no
+    /// token yet. `challenge` goes to `verifyMfa` with a code.
+    MfaRequired {
+        challenge: crate::auth::tokens::Token,
+    },
+    /// A wrong, replayed or unknown code, or a dead challenge: one answer
+    /// for every refusal of a second factor.
+    InvalidCode,
+    /// Two-factor sign-in needs `secret-key`, which is not set.
+    MfaUnavailable,
     /// Anything else. The cause is logged; the client sees a fixed message.
     Internal(anyhow::Error),
 }
@@ -78,6 +88,16 @@ impl AuthError {
             }
             Self::BadUserInput { message, .. } => message.clone(),
             Self::NotFound => "no such session".into(),
+            Self::MfaRequired { .. } => {
+                "a second factor is required: send a code to verifyMfa with extensions.challenge"
+                    .into()
+            }
+            Self::InvalidCode => {
+                "the code is wrong or already used, or the challenge is no longer valid".into()
+            }
+            Self::MfaUnavailable => {
+                "two-factor sign-in is not available: the server has no secret key".into()
+            }
             Self::Internal(_) => "internal server error".into(),
         }
     }
@@ -92,6 +112,9 @@ impl AuthError {
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::BadUserInput { .. } => "BAD_USER_INPUT",
             Self::NotFound => "NOT_FOUND",
+            Self::MfaRequired { .. } => "MFA_REQUIRED",
+            Self::InvalidCode => "INVALID_CODE",
+            Self::MfaUnavailable => "MFA_UNAVAILABLE",
             Self::Internal(_) => "INTERNAL_SERVER_ERROR",
         }
     }

@@ -9,6 +9,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20250101_000001_create_users_and_tokens;
 mod m20250101_000002_add_login_backoff;
 mod m20261201_000001_create_throttle;
+mod m20261201_000002_add_totp;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20250101_000001_create_users_and_tokens::Migration),
             Box::new(m20250101_000002_add_login_backoff::Migration),
             Box::new(m20261201_000001_create_throttle::Migration),
+            Box::new(m20261201_000002_add_totp::Migration),
         ]
     }
 }

@@ -1,7 +1,8 @@
 //! Login, in the spec's order: the rate limits, the account backoff,
 //! the captcha, then the password; a refused attempt costs no bcrypt and no
 //! call to the captcha service. A success completes in one transaction with
-//! the new session.
+//! the new session, or, for a user with TOTP on, issues an MFA challenge
+//! (the second step is `verify_mfa`, in `mfa.rs`).
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
@@ -139,6 +140,21 @@ impl AuthService {
             return Err(AuthError::InvalidCredentials);
         };
 
+        if account.totp_secret.is_some() {
+            // No token yet, and the backoff is not reset: only a passed
+            // second step does that.
+            let outcome = self.begin_second_step(account, now).await;
+            let challenge = outcome.inspect_err(|_| metrics::login("mfa_unavailable"))?;
+            audit!(
+                "mfa_challenge_issued",
+                client,
+                user_id = account.id,
+                username = account.username.as_str(),
+                "password right; second factor required"
+            );
+            metrics::login("mfa_required");
+            return Err(AuthError::MfaRequired { challenge });
+        }
         let issued = self.complete_login(account, password, client, now).await?;
         audit!(
             "login_succeeded",

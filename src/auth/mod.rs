@@ -20,6 +20,7 @@ pub mod captcha;
 mod health;
 pub mod listener;
 mod login;
+pub mod mfa;
 mod password;
 pub mod passwords;
 mod resolve;
@@ -32,6 +33,7 @@ pub mod tokens;
 pub mod username;
 pub mod users;
 
+pub use mfa::TotpEnrollment;
 pub use passwords::Password;
 
 use std::net::IpAddr;
@@ -59,6 +61,8 @@ pub struct User {
     pub id: i64,
     pub username: String,
     pub email: Option<String>,
+    /// TOTP is on: a login needs a second step.
+    pub mfa_enabled: bool,
     pub is_active: bool,
     pub date_joined: DateTime<Utc>,
     pub last_login: Option<DateTime<Utc>>,
@@ -70,6 +74,7 @@ impl From<&user::Model> for User {
             id: row.id,
             username: row.username.clone(),
             email: row.email.clone(),
+            mfa_enabled: row.totp_secret.is_some(),
             is_active: row.is_active,
             date_joined: row.date_joined,
             last_login: row.last_login,
@@ -159,6 +164,10 @@ pub struct AuthService {
     clock: Clock,
     token_ttl: chrono::Duration,
     max_sessions_per_user: u32,
+    /// Seals TOTP secrets; `None` without `secret-key` (no MFA then).
+    sealer: Option<mfa::Sealer>,
+    mfa_issuer: String,
+    mfa_challenge_ttl: chrono::Duration,
 }
 
 impl AuthService {
@@ -184,6 +193,10 @@ impl AuthService {
             token_ttl: chrono::Duration::from_std(settings.token_ttl)
                 .context("token-ttl too large")?,
             max_sessions_per_user: settings.max_sessions_per_user,
+            sealer: settings.secret_key.as_ref().map(mfa::Sealer::new),
+            mfa_issuer: settings.mfa_issuer.clone(),
+            mfa_challenge_ttl: chrono::Duration::from_std(settings.mfa_challenge_ttl)
+                .context("mfa-challenge-ttl too large")?,
             db,
             cache,
             clock,

@@ -1,7 +1,7 @@
-//! Periodic housekeeping: deletes expired tokens and the shared throttle's
-//! rows that remember nothing any more, in small batches (short
-//! transactions, no long locks, on both backends), and lets the in-memory
-//! login throttle forget idle keys.
+//! Periodic housekeeping: deletes expired tokens, expired MFA challenges
+//! and the shared throttle's rows that remember nothing any more, in small
+//! batches (short transactions, no long locks, on both backends), and lets
+//! the in-memory login throttle forget idle keys.
 
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use sea_orm::{
 };
 
 use super::AuthService;
-use crate::db::entities::auth_token;
+use crate::db::entities::{auth_token, mfa_challenge};
 
 /// How often housekeeping runs.
 pub const INTERVAL: Duration = Duration::from_secs(60);
@@ -34,6 +34,11 @@ pub async fn run(auth: std::sync::Arc<AuthService>) {
             Ok(0) => {}
             Ok(deleted) => tracing::debug!(deleted, "idle throttle rows swept"),
             Err(err) => tracing::warn!(error = %err, "throttle sweep failed"),
+        }
+        match sweep_expired_challenges(auth.db(), auth.clock().now()).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "expired MFA challenges swept"),
+            Err(err) => tracing::warn!(error = %err, "expired-challenge sweep failed"),
         }
     }
 }
@@ -72,4 +77,20 @@ pub async fn sweep_expired(
         // Let other writers in between batches.
         tokio::task::yield_now().await;
     }
+}
+
+/// Deletes every MFA challenge expired at `now`; returns how many. One
+/// statement: challenges live minutes, so there are never many.
+///
+/// # Errors
+/// A database error.
+pub async fn sweep_expired_challenges(
+    db: &DatabaseConnection,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<u64, DbErr> {
+    Ok(mfa_challenge::Entity::delete_many()
+        .filter(mfa_challenge::Column::ExpiresAt.lte(now))
+        .exec(db)
+        .await?
+        .rows_affected)
 }

@@ -2,6 +2,8 @@
 //! URL-safe base64. The prefix lets secret scanners spot a leaked token; the
 //! checksum lets the server refuse a mistyped or made-up token before it
 //! touches the database. Only the SHA-256 digest of a token is stored.
+//! Other one-time secrets (MFA challenges, `aqm_`) share the format under
+//! their own four-character prefixes.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -13,6 +15,8 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
 pub const PREFIX: &str = "aql_";
+/// The prefix of an MFA challenge (the second step of a login).
+pub const CHALLENGE_PREFIX: &str = "aqm_";
 const RANDOM_BYTES: usize = 32;
 /// 32 bytes in unpadded base64.
 const BODY_LEN: usize = 43;
@@ -32,12 +36,18 @@ pub struct MalformedToken;
 impl Token {
     /// A fresh token from the operating system's CSPRNG.
     pub fn generate() -> Self {
+        Self::generate_with(PREFIX)
+    }
+
+    /// A fresh token with another four-character prefix.
+    pub fn generate_with(prefix: &'static str) -> Self {
+        debug_assert_eq!(prefix.len(), PREFIX.len());
         let mut random = [0u8; RANDOM_BYTES];
         // A failing OS source panics rather than yield a weak token.
         UnwrapErr(SysRng).fill_bytes(&mut random);
         let body = URL_SAFE_NO_PAD.encode(random);
         let checksum = URL_SAFE_NO_PAD.encode(checksum(&random));
-        Self(format!("{PREFIX}{body}{checksum}").into())
+        Self(format!("{prefix}{body}{checksum}").into())
     }
 
     /// Checks the shape and the checksum, without any lookup.
@@ -45,10 +55,18 @@ impl Token {
     /// # Errors
     /// When the text is not a well-formed authql token.
     pub fn parse(text: &str) -> Result<Self, MalformedToken> {
-        if text.len() != TOKEN_LEN || !text.starts_with(PREFIX) {
+        Self::parse_with(text, PREFIX)
+    }
+
+    /// [`parse`](Self::parse) for a token of another prefix.
+    ///
+    /// # Errors
+    /// When the text is not a well-formed token with that prefix.
+    pub fn parse_with(text: &str, prefix: &str) -> Result<Self, MalformedToken> {
+        if text.len() != prefix.len() + BODY_LEN + CHECKSUM_LEN || !text.starts_with(prefix) {
             return Err(MalformedToken);
         }
-        let (body, given) = text[PREFIX.len()..].split_at(BODY_LEN);
+        let (body, given) = text[prefix.len()..].split_at(BODY_LEN);
         let random = URL_SAFE_NO_PAD.decode(body).map_err(|_| MalformedToken)?;
         let given = URL_SAFE_NO_PAD.decode(given).map_err(|_| MalformedToken)?;
         if bool::from(checksum(&random).ct_eq(given.as_slice())) {
@@ -120,6 +138,15 @@ mod tests {
         let token = Token::generate();
         let parsed = Token::parse(token.expose()).expect("own token parses");
         assert_eq!(parsed.digest(), token.digest());
+    }
+
+    #[test]
+    fn a_challenge_parses_only_as_a_challenge() {
+        let challenge = Token::generate_with(CHALLENGE_PREFIX);
+        assert!(challenge.expose().starts_with("aqm_"));
+        assert!(Token::parse_with(challenge.expose(), CHALLENGE_PREFIX).is_ok());
+        assert!(Token::parse(challenge.expose()).is_err());
+        assert!(Token::parse_with(Token::generate().expose(), CHALLENGE_PREFIX).is_err());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Managing users from the command line: create, set a password,
-//! deactivate. The last two revoke every token of the user.
+//! deactivate, turn TOTP off. The last three revoke every token of the user.
 
 use sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, EntityTrait as _,
@@ -130,6 +130,39 @@ impl AuthService {
         txn.commit().await?;
         self.revoker().after_commit(user_id);
         Ok(revoked)
+    }
+
+    /// Turns the user's TOTP off (secret, pending enrolment, recovery codes
+    /// and open challenges) and revokes every token of the user. Needs no
+    /// `secret-key`: it is how an operator lets in a user who lost the
+    /// second factor, or who cannot sign in while the key is missing.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown user.
+    pub async fn reset_mfa(&self, username: &str) -> Result<(bool, u64), AuthError> {
+        let account = self.find_user(username).await?;
+        let was_on = account.totp_secret.is_some();
+        let txn = self.db().begin().await?;
+        user::ActiveModel {
+            id: Set(account.id),
+            totp_secret: Set(None),
+            totp_pending: Set(None),
+            ..Default::default()
+        }
+        .update(&txn)
+        .await?;
+        super::mfa::forget_second_factors(&txn, account.id).await?;
+        let revoked = revocation::revoke_in(&txn, account.id, None).await?;
+        txn.commit().await?;
+        self.revoker().after_commit(account.id);
+        tracing::info!(
+            event = "mfa_reset",
+            user_id = account.id,
+            was_on,
+            revoked,
+            "TOTP reset from the command line"
+        );
+        Ok((was_on, revoked))
     }
 
     /// How many users exist.

@@ -2,7 +2,7 @@
 //! ([`AuthError`]) and refusals of a request (by a bound of the document,
 //! or by the HTTP layer before GraphQL runs) become GraphQL errors here, and
 //! only here, with their `extensions`: `code` always, and `reason`,
-//! `reasons` or `retryAfter` where the spec gives them.
+//! `reasons`, `retryAfter` or `challenge` where the spec gives them.
 
 use async_graphql::{ErrorExtensionValues, ErrorExtensions as _, ServerError};
 
@@ -20,6 +20,7 @@ impl From<AuthError> for async_graphql::Error {
                 AuthError::Unauthenticated(reason) => ext.set("reason", reason.as_str()),
                 AuthError::RateLimited { retry_after } => ext.set("retryAfter", *retry_after),
                 AuthError::BadUserInput { reasons, .. } => ext.set("reasons", reasons.clone()),
+                AuthError::MfaRequired { challenge } => ext.set("challenge", challenge.expose()),
                 _ => {}
             }
         })

@@ -3,7 +3,7 @@
 use async_graphql::{Context, Object, ID};
 
 use super::context::request;
-use super::types::AuthPayload;
+use super::types::{AuthPayload, TotpEnrollment};
 use crate::auth::Password;
 use crate::error::AuthError;
 
@@ -88,5 +88,71 @@ impl Mutation {
             .await
             .map_err(AuthError::for_current_password)?;
         Ok(issued.into())
+    }
+
+    /// Second step of a login for a user with two-factor sign-in: the challenge from the MFA_REQUIRED error and a TOTP code or a recovery code.
+    async fn verify_mfa(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(secret)] challenge: String,
+        #[graphql(secret)] code: String,
+    ) -> Result<AuthPayload, AuthError> {
+        let request = request(ctx)?;
+        let issued = request
+            .auth
+            .verify_mfa(&challenge, &code, &request.client)
+            .await?;
+        Ok(issued.into())
+    }
+
+    /// Begin TOTP enrolment; nothing changes until confirmTotp.
+    async fn enroll_totp(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(secret)] password: String,
+    ) -> Result<TotpEnrollment, AuthError> {
+        let request = request(ctx)?;
+        let principal = request.principal().await?;
+        let enrollment = request
+            .auth
+            .enroll_totp(&principal, &Password::new(&password), &request.client)
+            .await
+            .map_err(AuthError::for_current_password)?;
+        Ok(enrollment.into())
+    }
+
+    /// Turn TOTP on with a first code; returns 10 single-use recovery codes, shown once.
+    async fn confirm_totp(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(secret)] code: String,
+    ) -> Result<Vec<String>, AuthError> {
+        let request = request(ctx)?;
+        let principal = request.principal().await?;
+        request
+            .auth
+            .confirm_totp(&principal, &code, &request.client)
+            .await
+    }
+
+    /// Turn TOTP off, with the password and a TOTP code or a recovery code. Other sessions are signed out.
+    async fn disable_totp(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(secret)] password: String,
+        #[graphql(secret)] code: String,
+    ) -> Result<bool, AuthError> {
+        let request = request(ctx)?;
+        let principal = request.principal().await?;
+        request
+            .auth
+            .disable_totp(
+                &principal,
+                &Password::new(&password),
+                &code,
+                &request.client,
+            )
+            .await
+            .map_err(AuthError::for_current_password)
     }
 }

@@ -16,6 +16,8 @@ pub struct UserObject {
     pub username: String,
     /// The email address, when one was given.
     pub email: Option<String>,
+    /// True when two-factor sign-in (TOTP) is on: a login then needs a code too (see verifyMfa).
+    pub mfa_enabled: bool,
     /// False once the user is deactivated; a deactivated user cannot sign in.
     pub is_active: bool,
     /// When the account was created.
@@ -30,6 +32,7 @@ impl From<&auth::User> for UserObject {
             id: ID(user.id.to_string()),
             username: user.username.clone(),
             email: user.email.clone(),
+            mfa_enabled: user.mfa_enabled,
             is_active: user.is_active,
             date_joined: user.date_joined,
             last_login: user.last_login,
@@ -85,6 +88,28 @@ impl From<auth::Issued> for AuthPayload {
             token: issued.token.expose().to_owned(),
             expires_at: issued.expires_at,
             user: UserObject::from(&issued.user),
+        }
+    }
+}
+
+/// A new TOTP secret, shown once. Nothing changes until confirmTotp is called with a first code.
+#[derive(SimpleObject)]
+pub struct TotpEnrollment {
+    /// Base32 secret, for typing into an authenticator app.
+    pub secret: String,
+    /// otpauth:// URI with issuer and account name.
+    pub otpauth_uri: String,
+    /// The URI as a QR code, an SVG document.
+    pub qr_code_svg: String,
+}
+
+impl From<auth::TotpEnrollment> for TotpEnrollment {
+    fn from(enrollment: auth::TotpEnrollment) -> Self {
+        use secrecy::ExposeSecret as _;
+        Self {
+            secret: enrollment.secret.expose_secret().to_owned(),
+            otpauth_uri: enrollment.otpauth_uri.expose_secret().to_owned(),
+            qr_code_svg: enrollment.qr_code_svg,
         }
     }
 }

@@ -14,6 +14,7 @@ mod hostile;
 mod http;
 mod instances;
 mod login;
+mod mfa;
 mod observability;
 mod schema;
 mod sessions;

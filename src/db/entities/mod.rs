@@ -3,5 +3,7 @@
 
 pub mod auth_token;
 pub mod login_throttle;
+pub mod mfa_challenge;
+pub mod recovery_code;
 pub mod throttle_key;
 pub mod user;

@@ -17,6 +17,12 @@ pub struct Model {
     /// Consecutive failed password checks, reset by a success.
     pub failed_logins: i32,
     pub last_failed_login: Option<DateTimeUtc>,
+    /// The TOTP secret, sealed under `secret-key`; set while TOTP is on.
+    pub totp_secret: Option<String>,
+    /// The sealed secret of an enrolment awaiting `confirmTotp`.
+    pub totp_pending: Option<String>,
+    /// The last TOTP step accepted (Unix time / 30): no step is accepted twice.
+    pub totp_last_step: Option<i64>,
 }
 
 /// Written by hand so that the password hash never reaches a log.
