@@ -70,11 +70,7 @@ const ASSETS: &[Asset] = &[
         "text/javascript; charset=utf-8",
         REVALIDATE
     ),
-    asset!(
-        "authql-graphiql.css",
-        "text/css; charset=utf-8",
-        REVALIDATE
-    ),
+    asset!("authql-graphiql.css", "text/css; charset=utf-8", REVALIDATE),
     asset!("favicon.svg", "image/svg+xml", REVALIDATE),
 ];
 

@@ -111,9 +111,9 @@ async fn post_as(media: MediaType, req: &Request, body: Body, state: &AppState) 
         .iter_mut()
         .for_each(|outcome| label_errors(&mut outcome.response));
     let body = if single {
-        outcomes.pop().map(|o| serde_json::to_vec(&o.response))
+        outcomes.pop().map(|o| serde_json::to_vec(&body_of(&o)))
     } else {
-        let responses: Vec<_> = outcomes.iter().map(|o| &o.response).collect();
+        let responses: Vec<_> = outcomes.iter().map(body_of).collect();
         Some(serde_json::to_vec(&responses))
     };
     json_bytes(status, body.and_then(Result::ok).unwrap_or_default())
@@ -206,7 +206,10 @@ async fn get_as(
         Err(refused) => {
             let outcome = Outcome::refused(refused);
             let status = status_of(media, std::slice::from_ref(&outcome));
-            return json_response(status, &outcome.response);
+            return json_bytes(
+                status,
+                serde_json::to_vec(&body_of(&outcome)).unwrap_or_default(),
+            );
         }
     };
     if checked.selects_mutation(params.operation_name.as_deref()) {
@@ -248,7 +251,23 @@ async fn get_as(
     };
     let status = status_of(media, std::slice::from_ref(&outcome));
     label_errors(&mut outcome.response);
-    json_response(status, &outcome.response)
+    json_bytes(
+        status,
+        serde_json::to_vec(&body_of(&outcome)).unwrap_or_default(),
+    )
+}
+
+/// The JSON of an answer. A request that did not run has no `data` entry
+/// at all (the GraphQL spec's request errors), not `data: null`, which
+/// would say that execution started and failed.
+fn body_of(outcome: &Outcome) -> serde_json::Value {
+    let mut body = serde_json::to_value(&outcome.response).unwrap_or_default();
+    if outcome.reached != Reached::Execution {
+        if let Some(object) = body.as_object_mut() {
+            object.remove("data");
+        }
+    }
+    body
 }
 
 fn request_context(req: &Request, state: &AppState) -> Arc<RequestContext> {

@@ -111,7 +111,9 @@ mod tests {
             Some(Json)
         );
         assert_eq!(
-            negotiate(Some("application/json;q=0.5, application/graphql-response+json")),
+            negotiate(Some(
+                "application/json;q=0.5, application/graphql-response+json"
+            )),
             Some(GraphqlResponseJson)
         );
         assert_eq!(
@@ -130,7 +132,9 @@ mod tests {
         assert_eq!(negotiate(Some("application/xml")), None);
         assert_eq!(negotiate(Some("application/json;q=0")), None);
         assert_eq!(
-            negotiate(Some("*/*, application/json;q=0, application/graphql-response+json;q=0")),
+            negotiate(Some(
+                "*/*, application/json;q=0, application/graphql-response+json;q=0"
+            )),
             None
         );
     }

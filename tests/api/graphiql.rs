@@ -61,7 +61,10 @@ async fn graphiql_renders_offline_and_runs_me_with_a_bearer_header() {
         .await;
     assert!(
         example.as_str().unwrap().contains("Authorization: Bearer")
-            || example.as_str().unwrap().contains("\"Authorization\": \"Bearer"),
+            || example
+                .as_str()
+                .unwrap()
+                .contains("\"Authorization\": \"Bearer"),
         "the example explains the header: {example}"
     );
 
@@ -105,9 +108,8 @@ async fn graphiql_renders_offline_and_runs_me_with_a_bearer_header() {
     );
     let ran = browser.wait_for(&shown, Duration::from_secs(10)).await;
     let screenshot = browser.screenshot().await;
-    let path = std::env::var("GRAPHIQL_SCREENSHOT").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/target/graphiql.png").to_owned()
-    });
+    let path = std::env::var("GRAPHIQL_SCREENSHOT")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/graphiql.png").to_owned());
     std::fs::write(&path, screenshot).expect("screenshot written");
     assert!(
         ran,
