@@ -122,6 +122,11 @@ pub struct ServerArgs {
           action = clap::ArgAction::Set, value_name = "BOOL")]
     pub introspection: bool,
 
+    /// Serve the GraphiQL page to browsers at GET /graphql [default: the
+    /// value of --introspection, which GraphiQL needs].
+    #[arg(long, env = "AUTHQL_GRAPHIQL", action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub graphiql: Option<bool>,
+
     /// Take the client IP from the last X-Forwarded-For entry (set it only
     /// behind a proxy that appends that header).
     #[arg(long, env = "AUTHQL_TRUST_FORWARDED_FOR", default_value_t = false,
@@ -205,6 +210,8 @@ pub struct Settings {
     pub captcha_min_score: f64,
     pub captcha_action: String,
     pub introspection: bool,
+    /// Serve the GraphiQL page and its assets.
+    pub graphiql: bool,
     pub trust_forwarded_for: bool,
     pub cors_origins: Vec<String>,
     pub max_connections: u32,
@@ -240,6 +247,7 @@ impl From<ServeArgs> for Settings {
             captcha_min_score: server.captcha_min_score,
             captcha_action: server.captcha_action,
             introspection: server.introspection,
+            graphiql: server.graphiql.unwrap_or(server.introspection),
             trust_forwarded_for: server.trust_forwarded_for,
             cors_origins: server.cors_origins,
             max_connections: server.max_connections,

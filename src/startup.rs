@@ -59,6 +59,7 @@ impl App {
             documents: graphql::DocumentCache::default(),
             metrics: metrics::handle(),
             trust_forwarded_for: settings.trust_forwarded_for,
+            graphiql: settings.graphiql,
             auth,
         };
         Ok(Self {

@@ -14,6 +14,8 @@ pub struct AppState {
     /// Parsed documents by query text.
     pub documents: DocumentCache,
     pub metrics: PrometheusHandle,
+    /// Serve the GraphiQL page and its assets.
+    pub graphiql: bool,
     /// Take the client IP from the last `X-Forwarded-For` entry.
     pub trust_forwarded_for: bool,
 }

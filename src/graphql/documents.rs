@@ -20,6 +20,7 @@ use async_graphql::parser::types::{ExecutableDocument, OperationType};
 use mini_moka::sync::{Cache, ConcurrentCacheExt as _};
 
 use super::error::Refused;
+use super::persisted::{Lookup, PersistedQueries};
 use super::shape;
 
 /// Memory the kept documents may take, as weighed by [`weight`].
@@ -54,6 +55,8 @@ struct Kept {
 #[derive(Clone)]
 pub struct DocumentCache {
     documents: Cache<String, Arc<Kept>>,
+    /// Query texts by hash, for automatic persisted queries.
+    persisted: PersistedQueries,
 }
 
 impl Default for DocumentCache {
@@ -68,6 +71,9 @@ pub struct Checked {
     /// The text, when the document was parsed now and may be kept once it
     /// validates.
     keep_as: Option<String>,
+    /// The hash to persist the text under once it validates, when the
+    /// client registered it as a persisted query.
+    persist_as: Option<(String, String)>,
 }
 
 impl Checked {
@@ -90,18 +96,30 @@ impl Checked {
     }
 }
 
-/// Set by the validation hook (see `super::limits`) when a request's
-/// document passed async-graphql's validation.
+/// Set by the hooks of `super::limits`: when a request's document passed
+/// async-graphql's validation, and when its operation started to execute
+/// (after validation, variables and the choice of operation).
 #[derive(Clone, Default)]
-pub struct Validated(Arc<AtomicBool>);
+pub struct Validated {
+    validated: Arc<AtomicBool>,
+    executing: Arc<AtomicBool>,
+}
 
 impl Validated {
     pub fn mark(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.validated.store(true, Ordering::Relaxed);
     }
 
     pub fn is_set(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.validated.load(Ordering::Relaxed)
+    }
+
+    pub fn mark_executing(&self) {
+        self.executing.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_executing(&self) -> bool {
+        self.executing.load(Ordering::Relaxed)
     }
 }
 
@@ -112,7 +130,31 @@ impl DocumentCache {
                 .max_capacity(bytes)
                 .weigher(|_, kept: &Arc<Kept>| kept.weight)
                 .build(),
+            persisted: PersistedQueries::default(),
         }
+    }
+
+    /// The document of `request`: its query, or the persisted text its
+    /// `persistedQuery` extension names (then set as its query), checked by
+    /// [`check`](Self::check) as any other.
+    ///
+    /// # Errors
+    /// As `check`, and as [`PersistedQueries::lookup`].
+    pub fn check_request(&self, request: &mut async_graphql::Request) -> Result<Checked, Refused> {
+        let lookup = self
+            .persisted
+            .lookup(request.extensions.get("persistedQuery"), &request.query)?;
+        let persist_as = match lookup {
+            Lookup::None => None,
+            Lookup::Found(text) => {
+                request.query = text.to_string();
+                None
+            }
+            Lookup::Register { hash } => Some((hash, request.query.clone())),
+        };
+        let mut checked = self.check(&request.query)?;
+        checked.persist_as = persist_as;
+        Ok(checked)
     }
 
     /// The parsed document of `text`, kept or parsed now, once the text and
@@ -130,6 +172,7 @@ impl DocumentCache {
             return Ok(Checked {
                 kept,
                 keep_as: None,
+                persist_as: None,
             });
         }
         shape::check_nesting(text)?;
@@ -148,17 +191,28 @@ impl DocumentCache {
                 weight: weight(text, cost.complexity),
             }),
             keep_as: (text.len() <= MAX_KEPT_QUERY_BYTES).then(|| text.clone()),
+            persist_as: None,
         })
     }
 
     /// Keeps `checked` for later requests when it was parsed now and its
     /// request passed validation.
+    /// Persists its text too when the client registered it.
     pub fn keep_if_valid(&self, checked: Checked, validated: &Validated) {
-        if let Some(text) = checked.keep_as {
-            if validated.is_set() {
-                self.documents.insert(text, checked.kept);
-            }
+        if !validated.is_set() {
+            return;
         }
+        if let Some((hash, text)) = checked.persist_as {
+            self.persisted.keep(hash, &text);
+        }
+        if let Some(text) = checked.keep_as {
+            self.documents.insert(text, checked.kept);
+        }
+    }
+
+    /// The persisted query texts.
+    pub fn persisted(&self) -> &PersistedQueries {
+        &self.persisted
     }
 
     /// How many documents are kept (after pending housekeeping).

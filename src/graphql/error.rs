@@ -36,6 +36,10 @@ pub struct Refused {
     pub message: String,
 }
 
+/// The code and message Apollo's clients look for before they send the
+/// text of a persisted query.
+pub const PERSISTED_QUERY_NOT_FOUND: &str = "PERSISTED_QUERY_NOT_FOUND";
+
 impl Refused {
     pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
         Self {
@@ -44,10 +48,26 @@ impl Refused {
         }
     }
 
+    /// A hash-only request for a query this server does not hold.
+    pub fn not_found_persisted() -> Self {
+        Self::new(PERSISTED_QUERY_NOT_FOUND, "PersistedQueryNotFound")
+    }
+
+    pub fn is_persisted_query_not_found(&self) -> bool {
+        self.reason == PERSISTED_QUERY_NOT_FOUND
+    }
+
     /// The refusal as the whole answer to its request.
     pub fn into_response(self) -> async_graphql::Response {
         let mut error = ServerError::new(self.message, None);
-        error.extensions = Some(refusal_extensions(self.reason));
+        error.extensions = Some(if self.reason == PERSISTED_QUERY_NOT_FOUND {
+            // Exactly what Apollo's clients expect: the code, no reasons.
+            let mut extensions = ErrorExtensionValues::default();
+            extensions.set("code", PERSISTED_QUERY_NOT_FOUND);
+            extensions
+        } else {
+            refusal_extensions(self.reason)
+        });
         async_graphql::Response::from_errors(vec![error])
     }
 }

@@ -78,6 +78,9 @@ impl Extension for PerRequest {
         operation_name: Option<&str>,
         next: NextExecute<'_>,
     ) -> Response {
+        if let Some(validated) = ctx.data_opt::<Validated>() {
+            validated.mark_executing();
+        }
         let started = Instant::now();
         let response = next.run(ctx, operation_name).await;
         let kind = match self.operation.load(Ordering::Relaxed) {

@@ -7,6 +7,7 @@ pub mod error;
 pub mod introspection;
 pub mod limits;
 pub mod mutation;
+pub mod persisted;
 pub mod query;
 pub mod shape;
 pub mod types;
@@ -46,32 +47,73 @@ pub fn sdl() -> String {
     build_schema(true).sdl_with_options(introspection::sdl_options())
 }
 
-/// Runs one request: its document is checked against every bound and
+/// How far a request got, which decides its HTTP status under the
+/// GraphQL-over-HTTP media type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reached {
+    /// Refused before execution: a bound, a parse or validation error,
+    /// bad variables, an unknown operation, a wrong persisted-query hash.
+    Refusal,
+    /// A hash-only request for a query this server does not hold (Apollo's
+    /// clients then send the text).
+    PersistedQueryNotFound,
+    /// The operation ran (its errors, if any, are field errors).
+    Execution,
+}
+
+/// The answer to one request, and how far it got.
+pub struct Outcome {
+    pub response: async_graphql::Response,
+    pub reached: Reached,
+}
+
+impl Outcome {
+    pub fn refused(refused: error::Refused) -> Self {
+        let reached = if refused.is_persisted_query_not_found() {
+            Reached::PersistedQueryNotFound
+        } else {
+            Reached::Refusal
+        };
+        Self {
+            response: refused.into_response(),
+            reached,
+        }
+    }
+}
+
+/// Runs one request: its document (its query, or the persisted text its
+/// `persistedQuery` extension names) is checked against every bound and
 /// parsed by [`DocumentCache::check`] first, so async-graphql never parses
 /// or validates an unchecked text. This is the one entry point of every
 /// transport (POST, GET, each request of a batch).
 pub async fn execute(
     schema: &AuthqlSchema,
     documents: &DocumentCache,
-    request: async_graphql::Request,
-) -> async_graphql::Response {
-    match documents.check(&request.query) {
+    mut request: async_graphql::Request,
+) -> Outcome {
+    match documents.check_request(&mut request) {
         Ok(checked) => execute_checked(schema, documents, request, checked).await,
-        Err(refused) => refused.into_response(),
+        Err(refused) => Outcome::refused(refused),
     }
 }
 
-/// [`execute`] for a document the caller checked already (GET looks at it
-/// to refuse mutations).
+/// [`execute`] for a request whose document the caller checked already
+/// with [`DocumentCache::check_request`] (GET looks at it to refuse
+/// mutations).
 pub async fn execute_checked(
     schema: &AuthqlSchema,
     documents: &DocumentCache,
     mut request: async_graphql::Request,
     checked: Checked,
-) -> async_graphql::Response {
+) -> Outcome {
     let validated = Validated::default();
     request.set_parsed_query(checked.document());
     let response = schema.execute(request.data(validated.clone())).await;
+    let reached = if validated.is_executing() {
+        Reached::Execution
+    } else {
+        Reached::Refusal
+    };
     documents.keep_if_valid(checked, &validated);
-    response
+    Outcome { response, reached }
 }

@@ -1,19 +1,21 @@
 //! GraphQL over HTTP: gathers the facts of the request (credential, client
 //! IP, user agent), hands them to the schema, and enforces the HTTP-level
 //! limits (content type, body size, batch size, no mutations over GET).
+//! The answer's media type and, under `application/graphql-response+json`,
+//! its status follow the `Accept` header (see [`super::negotiation`]).
 
 use std::sync::Arc;
 
-use async_graphql::{BatchRequest, BatchResponse, Variables};
-use async_graphql_poem::{GraphQLBatchResponse, GraphQLResponse};
+use async_graphql::{BatchRequest, Variables};
 use poem::http::{header, StatusCode};
-use poem::web::{Data, Html};
-use poem::{handler, Body, IntoResponse, Request, Response};
+use poem::web::Data;
+use poem::{handler, Body, Request, Response};
 use serde::Deserialize;
 
 use super::client_ip::{client_info, credential};
+use super::negotiation::{negotiate, MediaType};
 use crate::graphql::error::{internal_error, label_errors, Refused};
-use crate::graphql::{self, RequestContext};
+use crate::graphql::{self, Outcome, Reached, RequestContext};
 use crate::state::AppState;
 
 /// Largest request body accepted.
@@ -30,6 +32,13 @@ pub const MAX_BATCH: usize = 10;
 
 #[handler]
 pub async fn post(req: &Request, body: Body, Data(state): Data<&AppState>) -> Response {
+    let Some(media) = negotiate(accept(req)) else {
+        return not_acceptable();
+    };
+    in_media(media, post_as(media, req, body, state).await)
+}
+
+async fn post_as(media: MediaType, req: &Request, body: Body, state: &AppState) -> Response {
     if !is_json(req) {
         return refusal(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -83,29 +92,45 @@ pub async fn post(req: &Request, body: Body, Data(state): Data<&AppState>) -> Re
     }
     let context = request_context(req, state);
     let batch = batch.data(context);
+    let (single, requests) = match batch {
+        BatchRequest::Single(request) => (true, vec![request]),
+        BatchRequest::Batch(requests) => (false, requests),
+    };
     let execution = tokio::time::timeout(EXECUTION_TIMEOUT, async {
-        match batch {
-            BatchRequest::Single(request) => BatchResponse::Single(
-                graphql::execute(&state.schema, &state.documents, request).await,
-            ),
-            BatchRequest::Batch(requests) => {
-                let mut responses = Vec::with_capacity(requests.len());
-                for request in requests {
-                    responses
-                        .push(graphql::execute(&state.schema, &state.documents, request).await);
-                }
-                BatchResponse::Batch(responses)
-            }
+        let mut outcomes = Vec::with_capacity(requests.len());
+        for request in requests {
+            outcomes.push(graphql::execute(&state.schema, &state.documents, request).await);
         }
+        outcomes
     });
-    let Ok(mut response) = execution.await else {
+    let Ok(mut outcomes) = execution.await else {
         return timed_out();
     };
-    match &mut response {
-        BatchResponse::Single(single) => label_errors(single),
-        BatchResponse::Batch(many) => many.iter_mut().for_each(label_errors),
+    let status = status_of(media, &outcomes);
+    outcomes
+        .iter_mut()
+        .for_each(|outcome| label_errors(&mut outcome.response));
+    let body = if single {
+        outcomes.pop().map(|o| serde_json::to_vec(&body_of(&o)))
+    } else {
+        let responses: Vec<_> = outcomes.iter().map(body_of).collect();
+        Some(serde_json::to_vec(&responses))
+    };
+    json_bytes(status, body.and_then(Result::ok).unwrap_or_default())
+}
+
+/// The status of an answer: always 200 under `application/json`; under
+/// `application/graphql-response+json`, 400 for a request refused before
+/// execution (for a batch: when every one of its requests was). A
+/// `PersistedQueryNotFound` answer is 200 under both, as Apollo's clients
+/// take a 400 to mean that the server has no persisted queries at all.
+fn status_of(media: MediaType, outcomes: &[Outcome]) -> StatusCode {
+    let refused = |o: &Outcome| o.reached == Reached::Refusal;
+    if media == MediaType::GraphqlResponseJson && outcomes.iter().all(refused) {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
     }
-    GraphQLBatchResponse(response).into_response()
 }
 
 /// An object is one request, an array a batch; anything else is refused.
@@ -125,36 +150,67 @@ struct GetParams {
     query: Option<String>,
     operation_name: Option<String>,
     variables: Option<String>,
+    extensions: Option<String>,
 }
 
 #[handler]
 pub async fn get(req: &Request, Data(state): Data<&AppState>) -> Response {
-    let Ok(params) = req.params::<GetParams>() else {
+    let params = req.params::<GetParams>().ok();
+    let asks_nothing = params
+        .as_ref()
+        .is_some_and(|p| p.query.is_none() && p.extensions.is_none());
+    if asks_nothing && accepts_html(req) && state.graphiql {
+        return super::graphiql::page();
+    }
+    let Some(media) = negotiate(accept(req)) else {
+        return not_acceptable();
+    };
+    in_media(media, get_as(media, req, params, state).await)
+}
+
+async fn get_as(
+    media: MediaType,
+    req: &Request,
+    params: Option<GetParams>,
+    state: &AppState,
+) -> Response {
+    let Some(params) = params else {
         return refusal(
             StatusCode::BAD_REQUEST,
             "the query string is malformed",
             "MALFORMED_REQUEST",
         );
     };
-    let Some(query) = params.query else {
-        if accepts_html(req) {
-            return Html(
-                async_graphql::http::GraphiQLSource::build()
-                    .endpoint("/graphql")
-                    .title("authql")
-                    .finish(),
-            )
-            .into_response();
-        }
+    if params.query.is_none() && params.extensions.is_none() {
         return refusal(
             StatusCode::BAD_REQUEST,
             "GET /graphql needs a ?query= parameter",
             "MALFORMED_REQUEST",
         );
-    };
-    let checked = match state.documents.check(&query) {
+    }
+    let mut request = async_graphql::Request::new(params.query.unwrap_or_default());
+    if let Some(extensions) = params.extensions.as_deref() {
+        match serde_json::from_str(extensions) {
+            Ok(extensions) => request.extensions = extensions,
+            Err(_) => {
+                return refusal(
+                    StatusCode::BAD_REQUEST,
+                    "extensions must be a JSON object",
+                    "MALFORMED_REQUEST",
+                )
+            }
+        }
+    }
+    let checked = match state.documents.check_request(&mut request) {
         Ok(checked) => checked,
-        Err(refused) => return GraphQLResponse(refused.into_response()).into_response(),
+        Err(refused) => {
+            let outcome = Outcome::refused(refused);
+            let status = status_of(media, std::slice::from_ref(&outcome));
+            return json_bytes(
+                status,
+                serde_json::to_vec(&body_of(&outcome)).unwrap_or_default(),
+            );
+        }
     };
     if checked.selects_mutation(params.operation_name.as_deref()) {
         let mut response = refusal(
@@ -167,7 +223,6 @@ pub async fn get(req: &Request, Data(state): Data<&AppState>) -> Response {
             .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
         return response;
     }
-    let mut request = async_graphql::Request::new(query);
     if let Some(name) = params.operation_name {
         request = request.operation_name(name);
     }
@@ -191,11 +246,28 @@ pub async fn get(req: &Request, Data(state): Data<&AppState>) -> Response {
         EXECUTION_TIMEOUT,
         graphql::execute_checked(&state.schema, &state.documents, request, checked),
     );
-    let Ok(mut response) = execution.await else {
+    let Ok(mut outcome) = execution.await else {
         return timed_out();
     };
-    label_errors(&mut response);
-    GraphQLResponse(response).into_response()
+    let status = status_of(media, std::slice::from_ref(&outcome));
+    label_errors(&mut outcome.response);
+    json_bytes(
+        status,
+        serde_json::to_vec(&body_of(&outcome)).unwrap_or_default(),
+    )
+}
+
+/// The JSON of an answer. A request that did not run has no `data` entry
+/// at all (the GraphQL spec's request errors), not `data: null`, which
+/// would say that execution started and failed.
+fn body_of(outcome: &Outcome) -> serde_json::Value {
+    let mut body = serde_json::to_value(&outcome.response).unwrap_or_default();
+    if outcome.reached != Reached::Execution {
+        if let Some(object) = body.as_object_mut() {
+            object.remove("data");
+        }
+    }
+    body
 }
 
 fn request_context(req: &Request, state: &AppState) -> Arc<RequestContext> {
@@ -210,6 +282,37 @@ fn is_json(req: &Request) -> bool {
     req.content_type()
         .and_then(|value| value.split(';').next())
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn accept(req: &Request) -> Option<&str> {
+    req.headers()
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok())
+}
+
+/// An `Accept` that allows neither JSON media type: said in JSON anyway,
+/// the one format every GraphQL client reads.
+fn not_acceptable() -> Response {
+    refusal(
+        StatusCode::NOT_ACCEPTABLE,
+        "Accept allows neither application/graphql-response+json nor application/json",
+        "NOT_ACCEPTABLE",
+    )
+}
+
+/// Labels a JSON answer with the negotiated media type.
+fn in_media(media: MediaType, mut response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes() == b"application/json");
+    if is_json && media == MediaType::GraphqlResponseJson {
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/graphql-response+json; charset=utf-8"),
+        );
+    }
+    response
 }
 
 fn accepts_html(req: &Request) -> bool {
@@ -231,7 +334,10 @@ pub fn refusal(status: StatusCode, message: &str, reason: &'static str) -> Respo
 }
 
 fn json_response(status: StatusCode, body: &async_graphql::Response) -> Response {
-    let body = serde_json::to_vec(body).unwrap_or_default();
+    json_bytes(status, serde_json::to_vec(body).unwrap_or_default())
+}
+
+fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response {
     Response::builder()
         .status(status)
         .content_type("application/json")

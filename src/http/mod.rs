@@ -1,7 +1,9 @@
 //! HTTP: the routes, CORS, request ids and panics caught at the edge.
 
 pub mod client_ip;
+pub mod graphiql;
 pub mod graphql;
+pub mod negotiation;
 pub mod server;
 
 use std::time::{Duration, Instant};
@@ -24,6 +26,7 @@ pub fn routes(
 ) -> poem::endpoint::BoxEndpoint<'static, Response> {
     let route = Route::new()
         .at("/graphql", get(graphql::get).post(graphql::post))
+        .at("/graphql/assets/:name", get(graphiql::asset))
         .at("/healthz", get(healthz))
         .at("/readyz", get(readyz))
         .at("/metrics", get(metrics))
@@ -127,6 +130,7 @@ fn new_request_id() -> String {
 fn route_label(path: &str) -> &'static str {
     match path {
         "/graphql" => "graphql",
+        path if path.starts_with("/graphql/assets/") => "graphiql",
         "/healthz" => "healthz",
         "/readyz" => "readyz",
         "/metrics" => "metrics",

@@ -269,7 +269,9 @@ async fn run(seed: u64, seconds: Option<u64>) -> (usize, Duration) {
         ));
         let request = async_graphql::Request::new(document.clone()).data(context);
         let started = Instant::now();
-        let response = graphql::execute(&schema, &documents, request).await;
+        let response = graphql::execute(&schema, &documents, request)
+            .await
+            .response;
         let elapsed = started.elapsed();
         assert!(
             elapsed < MAX_PER_INPUT,

@@ -10,6 +10,8 @@ mod cli;
 mod cors;
 mod docs;
 mod fuzz;
+mod graphiql;
+mod graphql_http;
 mod hostile;
 mod http;
 mod instances;

@@ -4,7 +4,8 @@
 //! it over HTTP, as clients do.
 //!
 //! Everything the test files share lives here, and no test file imports
-//! another: [`captcha_stub`] (a siteverify stand-in), [`metrics`] (reading
+//! another: [`browser`] (headless Chromium over the DevTools protocol),
+//! [`captcha_stub`] (a siteverify stand-in), [`metrics`] (reading
 //! `/metrics`), [`process`] (the real binary as its own process).
 //!
 //! A test that needs PostgreSQL is marked
@@ -17,6 +18,7 @@
 //! loudly. `#[ignore]` in this binary is kept for that one reason, so
 //! `--ignored` runs exactly the PostgreSQL-only tests.
 
+pub mod browser;
 pub mod captcha_stub;
 pub mod metrics;
 pub mod process;
