@@ -134,13 +134,19 @@ impl Sealer {
 }
 
 /// A new TOTP secret, shown once: for typing, as a URI, as a QR code.
-#[derive(Debug)]
+/// `Debug` prints none of them (the QR code encodes the secret too).
 pub struct TotpEnrollment {
     /// Base32, without padding.
     pub secret: SecretString,
     pub otpauth_uri: SecretString,
     /// An SVG document of the URI.
     pub qr_code_svg: String,
+}
+
+impl std::fmt::Debug for TotpEnrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TotpEnrollment([redacted])")
+    }
 }
 
 /// What the user typed as a second factor, once normalised.
@@ -280,11 +286,16 @@ impl AuthService {
         let (account, _) = self
             .check_current_password(principal, password, client, "totp_enrollment_failed")
             .await?;
-        // For a user with TOTP on, only a passed second factor resets the
-        // backoff; here the password alone was checked.
-        if account.totp_secret.is_none() {
-            self.reset_failures(account.id).await?;
+        // Replacing an active second factor must take that factor, as
+        // turning it off does: a stolen session and password alone must not
+        // swap it (and lock the owner out).
+        if account.totp_secret.is_some() {
+            return Err(AuthError::bad_input(
+                "two-factor sign-in is on already; turn it off with disableTotp first",
+                vec!["MFA_ALREADY_ENABLED".into()],
+            ));
         }
+        self.reset_failures(account.id).await?;
         let mut secret = [0u8; SECRET_BYTES];
         UnwrapErr(SysRng).fill_bytes(&mut secret);
         let sealed = sealer.seal(account.id, &secret)?;
@@ -333,12 +344,17 @@ impl AuthService {
         let Some(pending) = account.totp_pending.clone() else {
             return Err(AuthError::InvalidCode);
         };
+        // A stolen session must not guess the pending secret's codes freely.
+        let counted = self.begin_check(&account, client, now).await?;
         let step = match Code::parse(code) {
             Code::Totp(code) => matching_step(sealer.open(account.id, &pending)?, &code, now),
             _ => None,
         };
         let Some(step) = step.filter(|s| account.totp_last_step.is_none_or(|last| *s > last))
         else {
+            if !counted {
+                self.record_failure(account.id, now).await?;
+            }
             audit!(
                 "totp_confirmation_failed",
                 client,
@@ -567,7 +583,10 @@ impl AuthService {
                 .await?;
             return Err(refused(Some(row.user_id), "second_factor_gone"));
         };
-        if let Err((limit, err)) = self.throttle.check(client.ip, &account.username) {
+        if let Err((limit, err)) = self
+            .count_attempt(client.ip, &account.username, now)
+            .await?
+        {
             audit!("rate_limited", client, limit = ?limit, user_id = account.id, "second step refused by the rate limit");
             metrics::login("rate_limited");
             return Err(err);
@@ -722,6 +741,34 @@ impl AuthService {
             .ok_or_else(|| self.revoker.session_gone(principal))
     }
 
+    /// Starts a check of a secret the signed-in user gives (the current
+    /// password, or a code to confirm enrolment): the login limits, shared
+    /// by every instance, then the account backoff. Returns whether the
+    /// attempt was counted up front (in backoff).
+    async fn begin_check(
+        &self,
+        account: &user::Model,
+        client: &ClientInfo,
+        now: DateTime<Utc>,
+    ) -> Result<bool, AuthError> {
+        if let Err((limit, err)) = self
+            .count_attempt(client.ip, &account.username, now)
+            .await?
+        {
+            audit!("rate_limited", client, limit = ?limit, user_id = account.id, "refused by the rate limit");
+            return Err(err);
+        }
+        self.begin_attempt(account, now).await.inspect_err(|_| {
+            audit!(
+                "rate_limited",
+                client,
+                limit = "account_backoff",
+                user_id = account.id,
+                "refused by the account backoff"
+            );
+        })
+    }
+
     /// The signed-in user's row once `password` is checked as
     /// `changePassword` checks its `oldPassword`: the login limits, the
     /// account backoff, and a failure counted. The backoff is not reset.
@@ -735,19 +782,7 @@ impl AuthService {
     ) -> Result<(user::Model, bool), AuthError> {
         let now = self.clock.now();
         let account = self.signed_in_account(principal).await?;
-        if let Err((limit, err)) = self.throttle.check(client.ip, &account.username) {
-            audit!("rate_limited", client, limit = ?limit, user_id = account.id, "refused by the rate limit");
-            return Err(err);
-        }
-        let counted = self.begin_attempt(&account, now).await.inspect_err(|_| {
-            audit!(
-                "rate_limited",
-                client,
-                limit = "account_backoff",
-                user_id = account.id,
-                "refused by the account backoff"
-            );
-        })?;
+        let counted = self.begin_check(&account, client, now).await?;
         if !self
             .hasher
             .verify(password, Some(&account.password_hash))

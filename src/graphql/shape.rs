@@ -38,6 +38,13 @@ pub const MAX_COMPLEXITY: usize = 500;
 pub const MAX_ALIASES: usize = 32;
 /// Most fragment definitions in one document.
 pub const MAX_FRAGMENTS: usize = 64;
+/// Most arguments on one field, directives on one selection and variables
+/// of one operation. Our fields take at most three arguments; the limits
+/// keep validation linear (async-graphql compares repeated fields'
+/// arguments pairwise, and looks each up by a linear scan).
+pub const MAX_ARGUMENTS: usize = 16;
+pub const MAX_DIRECTIVES: usize = 8;
+pub const MAX_VARIABLES: usize = 32;
 
 /// Refuses a text whose brackets nest deeper than [`MAX_NESTING`].
 /// Brackets inside strings, block strings and comments do not count.
@@ -66,16 +73,13 @@ pub fn check_nesting(text: &str) -> Result<(), Refused> {
                 }
             }
             b'"' if bytes[at..].starts_with(b"\"\"\"") => {
-                at += 3;
-                while at < bytes.len() && !bytes[at..].starts_with(b"\"\"\"") {
-                    // `\"""` is an escaped delimiter inside a block string.
-                    at += if bytes[at..].starts_with(b"\\\"\"\"") {
-                        4
-                    } else {
-                        1
-                    };
+                match closing_block_quote(bytes, at + 3) {
+                    // Skip to the closing quote's last byte.
+                    Some(end) => at = end + 2,
+                    // Unterminated, the parser reads `""` (an empty string) and
+                    // goes on from the third quote: so does the scan.
+                    None => at += 1,
                 }
-                at += 2;
             }
             b'"' => {
                 at += 1;
@@ -88,6 +92,23 @@ pub fn check_nesting(text: &str) -> Result<(), Refused> {
         at += 1;
     }
     Ok(())
+}
+
+/// Where the `"""` closing a block string whose text starts at `from` is.
+fn closing_block_quote(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    while at < bytes.len() {
+        if bytes[at..].starts_with(b"\"\"\"") {
+            return Some(at);
+        }
+        // `\"""` is an escaped delimiter inside a block string.
+        at += if bytes[at..].starts_with(b"\\\"\"\"") {
+            4
+        } else {
+            1
+        };
+    }
+    None
 }
 
 /// What a selection set costs once its fragments are expanded.
@@ -131,6 +152,7 @@ pub fn measure(document: &ExecutableDocument) -> Result<Cost, Refused> {
             ),
         ));
     }
+    check_widths(document)?;
     let mut costed: HashMap<&Name, Cost> = HashMap::with_capacity(document.fragments.len());
     while costed.len() < document.fragments.len() {
         let before = costed.len();
@@ -157,6 +179,63 @@ pub fn measure(document: &ExecutableDocument) -> Result<Cost, Refused> {
         .fold(Cost::default(), Cost::add);
     check_limits(total)?;
     Ok(total)
+}
+
+/// Refuses a field with too many arguments, a selection with too many
+/// directives, or an operation with too many variables, as written (no
+/// expansion needed: each is counted where it stands).
+fn check_widths(document: &ExecutableDocument) -> Result<(), Refused> {
+    for (_, operation) in document.operations.iter() {
+        let operation = &operation.node;
+        let variables = operation.variable_definitions.len();
+        if variables > MAX_VARIABLES {
+            return Err(Refused::new(
+                "TOO_MANY_VARIABLES",
+                format!("an operation declares {variables} variables; at most {MAX_VARIABLES} are allowed"),
+            ));
+        }
+        check_directives(operation.directives.len())?;
+        check_set_widths(&operation.selection_set.node)?;
+    }
+    for fragment in document.fragments.values() {
+        check_directives(fragment.node.directives.len())?;
+        check_set_widths(&fragment.node.selection_set.node)?;
+    }
+    Ok(())
+}
+
+fn check_set_widths(set: &SelectionSet) -> Result<(), Refused> {
+    for item in &set.items {
+        match &item.node {
+            Selection::Field(field) => {
+                let arguments = field.node.arguments.len();
+                if arguments > MAX_ARGUMENTS {
+                    return Err(Refused::new(
+                        "TOO_MANY_ARGUMENTS",
+                        format!("a field has {arguments} arguments; at most {MAX_ARGUMENTS} are allowed"),
+                    ));
+                }
+                check_directives(field.node.directives.len())?;
+                check_set_widths(&field.node.selection_set.node)?;
+            }
+            Selection::InlineFragment(fragment) => {
+                check_directives(fragment.node.directives.len())?;
+                check_set_widths(&fragment.node.selection_set.node)?;
+            }
+            Selection::FragmentSpread(spread) => check_directives(spread.node.directives.len())?,
+        }
+    }
+    Ok(())
+}
+
+fn check_directives(count: usize) -> Result<(), Refused> {
+    if count > MAX_DIRECTIVES {
+        return Err(Refused::new(
+            "TOO_MANY_DIRECTIVES",
+            format!("a selection has {count} directives; at most {MAX_DIRECTIVES} are allowed"),
+        ));
+    }
+    Ok(())
 }
 
 fn check_limits(cost: Cost) -> Result<(), Refused> {
@@ -287,6 +366,15 @@ mod tests {
     }
 
     #[test]
+    fn an_unterminated_block_string_does_not_hide_what_follows() {
+        // The parser reads `""` and goes on: the brackets after count.
+        let text = format!("{{ a(x: [\"\"\" \" {}", "[".repeat(100));
+        assert_eq!(check_nesting(&text).unwrap_err().reason, "QUERY_TOO_DEEP");
+        let text = format!("{{ a(x: \"\"\"{}\"\"\") }}", "[".repeat(100));
+        assert_eq!(check_nesting(&text), Ok(()));
+    }
+
+    #[test]
     fn unterminated_text_is_scanned_without_panicking() {
         for text in ["\"", "\"\"\"", "\"\\", "\"\"\"\\\"\"", "#", "{[("] {
             let _ = check_nesting(text);
@@ -348,6 +436,32 @@ mod tests {
         assert_eq!(measure(&parse(cycle)).unwrap_err().reason, "FRAGMENT_CYCLE");
         let undefined = "{ ...Nowhere me { id } }";
         assert_eq!(measure(&parse(undefined)).unwrap().complexity, 3);
+    }
+
+    #[test]
+    fn wide_fields_directives_and_variable_lists_are_refused() {
+        let arguments: String = (0..=MAX_ARGUMENTS).map(|i| format!(" a{i}: 0")).collect();
+        let text = format!("{{ me({arguments}) {{ id }} me({arguments}) {{ id }} }}");
+        assert_eq!(
+            measure(&parse(&text)).unwrap_err().reason,
+            "TOO_MANY_ARGUMENTS"
+        );
+        let directives = " @a".repeat(MAX_DIRECTIVES + 1);
+        let text = format!("{{ ...F }} fragment F on Query {{ me{directives} {{ id }} }}");
+        assert_eq!(
+            measure(&parse(&text)).unwrap_err().reason,
+            "TOO_MANY_DIRECTIVES"
+        );
+        let variables: String = (0..=MAX_VARIABLES)
+            .map(|i| format!(" $v{i}: Int"))
+            .collect();
+        let text = format!("query({variables}) {{ me {{ id }} }}");
+        assert_eq!(
+            measure(&parse(&text)).unwrap_err().reason,
+            "TOO_MANY_VARIABLES"
+        );
+        let fine = "query($v: Int) { me(a: 1, b: 2) @skip(if: false) { id } }";
+        assert!(measure(&parse(fine)).is_ok());
     }
 
     #[test]

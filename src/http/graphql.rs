@@ -27,6 +27,8 @@ pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// connection gone silent) is stuck, and the client gets an error instead of
 /// a hang. Well above a login's worst case (a full hashing queue, 10 s).
 pub const EXECUTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Longest query string of a GET (the document, variables and extensions).
+pub const MAX_GET_QUERY_BYTES: usize = 32 * 1024;
 /// Most operations in one batched request.
 pub const MAX_BATCH: usize = 10;
 
@@ -155,6 +157,24 @@ struct GetParams {
 
 #[handler]
 pub async fn get(req: &Request, Data(state): Data<&AppState>) -> Response {
+    let mut response = get_answer(req, state).await;
+    // The page or JSON, by `Accept`: caches must keep them apart.
+    response
+        .headers_mut()
+        .append(header::VARY, header::HeaderValue::from_static("accept"));
+    response
+}
+
+async fn get_answer(req: &Request, state: &AppState) -> Response {
+    // A GET carries its document in the URL, so its length is bounded here
+    // (the body limit does not apply).
+    if req.uri().query().map_or(0, str::len) > MAX_GET_QUERY_BYTES {
+        return refusal(
+            StatusCode::URI_TOO_LONG,
+            &format!("the query string is longer than {MAX_GET_QUERY_BYTES} bytes; send the document in a POST"),
+            "QUERY_TOO_LONG",
+        );
+    }
     let params = req.params::<GetParams>().ok();
     let asks_nothing = params
         .as_ref()

@@ -40,6 +40,9 @@ use tokio::time::Instant;
 /// socket (out of file descriptors): long enough not to spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// The most a request's line and headers may take.
+const MAX_HEAD_BYTES: usize = 128 * 1024;
+
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionLimits {
     /// Open connections at once; more are closed on arrival.
@@ -66,7 +69,7 @@ pub async fn serve(
     let endpoint: Arc<BoxEndpoint<'static, Response>> = Arc::new(endpoint);
     let local = Addr::from(listener.local_addr()?);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(Stop::Serving);
     tokio::pin!(shutdown);
     loop {
         let (stream, remote) = tokio::select! {
@@ -100,7 +103,7 @@ pub async fn serve(
         });
     }
     drop(listener);
-    let _ = stop_tx.send(true);
+    let _ = stop_tx.send(Stop::Gracefully);
     // Every slot back means every connection has ended.
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     if tokio::time::timeout(grace, slots.acquire_many(all))
@@ -111,8 +114,19 @@ pub async fn serve(
             grace_secs = grace.as_secs(),
             "connections still open after the grace period; closing them"
         );
+        let _ = stop_tx.send(Stop::Now);
     }
     Ok(())
+}
+
+/// What the accept loop asks of its connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    Serving,
+    /// Finish the request in flight, then close.
+    Gracefully,
+    /// Close now (the grace period is over).
+    Now,
 }
 
 struct Connection {
@@ -123,7 +137,7 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(self, stream: TcpStream, mut stop: watch::Receiver<bool>) {
+    async fn serve(self, stream: TcpStream, mut stop: watch::Receiver<Stop>) {
         let activity = Activity::new();
         let io = Watched {
             inner: stream,
@@ -151,6 +165,10 @@ impl Connection {
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
+            // Request line and headers: enough for a GET carrying a document
+            // as long as a POST body may be (see `http::graphql`); longer
+            // heads are refused with 431.
+            .max_buf_size(MAX_HEAD_BYTES)
             .serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
         let mut stopping = false;
@@ -164,10 +182,16 @@ impl Connection {
                         return;
                     }
                 }
-                changed = stop.changed(), if !stopping => {
-                    stopping = true;
-                    if changed.is_ok() {
-                        connection.as_mut().graceful_shutdown();
+                changed = stop.changed() => {
+                    let asked = if changed.is_ok() { *stop.borrow_and_update() } else { Stop::Now };
+                    match asked {
+                        Stop::Serving => {}
+                        Stop::Gracefully if !stopping => {
+                            stopping = true;
+                            connection.as_mut().graceful_shutdown();
+                        }
+                        Stop::Gracefully => {}
+                        Stop::Now => return,
                     }
                 }
             }

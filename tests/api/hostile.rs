@@ -471,3 +471,23 @@ async fn kept_alive_connections_still_serve_several_requests() {
         );
     }
 }
+
+#[tokio::test]
+async fn wide_documents_and_long_get_queries_are_refused_before_validation() {
+    let app = spawn_app().await;
+    // Repeated fields with many arguments cost async-graphql pairwise
+    // comparisons: refused by their width first.
+    let arguments: String = (0..3_000).map(|i| format!("a{i}:0,")).collect();
+    let wide = format!("{{ me({arguments}) {{ id }} me({arguments}) {{ id }} }}");
+    let started = Instant::now();
+    let (status, body) = app.post(json!({ "query": wide }), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(reasons(&body), ["TOO_MANY_ARGUMENTS"], "{body}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // Over GET the document rides in the URL: no longer than a POST body.
+    let long = format!("{{ __typename {} }}", "__typename ".repeat(3_500));
+    let (status, body) = get_query(&app, &long).await;
+    assert_eq!(status, 414, "{body}");
+    assert_eq!(reasons(&body), ["QUERY_TOO_LONG"], "{body}");
+    assert_serving(&app).await;
+}

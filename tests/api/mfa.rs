@@ -327,9 +327,11 @@ async fn the_database_holds_neither_the_secret_nor_the_recovery_codes() {
     let app = spawn_mfa_app().await;
     let user = app.create_user().await;
     let enabled = enable(&app, &user).await;
-    // A pending enrolment is sealed too.
-    let pending = enroll(&app, &enabled.token, &user.password).await["data"]["enrollTotp"]
-        ["secret"]
+    // A pending enrolment (another user's, begun and not confirmed) is
+    // sealed too.
+    let other = app.create_user().await;
+    let other_token = app.login(&other).await;
+    let pending = enroll(&app, &other_token, &other.password).await["data"]["enrollTotp"]["secret"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -527,5 +529,19 @@ async fn without_a_secret_key_there_is_no_mfa_and_no_way_around_it() {
     assert_eq!(
         error_code(&enroll(&fresh, &token, &plain.password).await),
         "MFA_UNAVAILABLE"
+    );
+}
+
+#[tokio::test]
+async fn an_active_second_factor_cannot_be_replaced_without_turning_it_off() {
+    let app = spawn_mfa_app().await;
+    let user = app.create_user().await;
+    let enabled = enable(&app, &user).await;
+    // A stolen session and the password are not enough to swap the factor.
+    let body = enroll(&app, &enabled.token, &user.password).await;
+    assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+    assert_eq!(
+        body["errors"][0]["extensions"]["reasons"][0],
+        "MFA_ALREADY_ENABLED"
     );
 }
