@@ -36,7 +36,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::passwords::Password;
 use super::tokens::{Token, CHALLENGE_PREFIX};
-use super::{hashing_error, revocation, AuthService, ClientInfo, Issued, Principal};
+use super::{revocation, AuthService, ClientInfo, Issued, Principal};
 use crate::config::SecretKey;
 use crate::db::entities::{auth_token, mfa_challenge, recovery_code, user};
 use crate::error::AuthError;
@@ -729,79 +729,6 @@ impl AuthService {
                 .await?;
         }
         Ok(())
-    }
-
-    /// The signed-in user's row, while this request's session lives.
-    async fn signed_in_account(&self, principal: &Principal) -> Result<user::Model, AuthError> {
-        user::Entity::find_by_id(principal.user.id)
-            .filter(user::Column::IsActive.eq(true))
-            .filter(revocation::session_alive(principal))
-            .one(&self.db)
-            .await?
-            .ok_or_else(|| self.revoker.session_gone(principal))
-    }
-
-    /// Starts a check of a secret the signed-in user gives (the current
-    /// password, or a code to confirm enrolment): the login limits, shared
-    /// by every instance, then the account backoff. Returns whether the
-    /// attempt was counted up front (in backoff).
-    async fn begin_check(
-        &self,
-        account: &user::Model,
-        client: &ClientInfo,
-        now: DateTime<Utc>,
-    ) -> Result<bool, AuthError> {
-        if let Err((limit, err)) = self
-            .count_attempt(client.ip, &account.username, now)
-            .await?
-        {
-            audit!("rate_limited", client, limit = ?limit, user_id = account.id, "refused by the rate limit");
-            return Err(err);
-        }
-        self.begin_attempt(account, now).await.inspect_err(|_| {
-            audit!(
-                "rate_limited",
-                client,
-                limit = "account_backoff",
-                user_id = account.id,
-                "refused by the account backoff"
-            );
-        })
-    }
-
-    /// The signed-in user's row once `password` is checked as
-    /// `changePassword` checks its `oldPassword`: the login limits, the
-    /// account backoff, and a failure counted. The backoff is not reset.
-    /// Also returns whether the attempt was counted up front (in backoff).
-    async fn check_current_password(
-        &self,
-        principal: &Principal,
-        password: &Password,
-        client: &ClientInfo,
-        failed_event: &'static str,
-    ) -> Result<(user::Model, bool), AuthError> {
-        let now = self.clock.now();
-        let account = self.signed_in_account(principal).await?;
-        let counted = self.begin_check(&account, client, now).await?;
-        if !self
-            .hasher
-            .verify(password, Some(&account.password_hash))
-            .await
-            .map_err(hashing_error)?
-        {
-            if !counted {
-                self.record_failure(account.id, now).await?;
-            }
-            audit!(
-                "password_check_failed",
-                client,
-                user_id = account.id,
-                action = failed_event,
-                "wrong current password"
-            );
-            return Err(AuthError::InvalidCredentials);
-        }
-        Ok((account, counted))
     }
 
     /// Revokes every session of the user but this request's, inside `txn`.

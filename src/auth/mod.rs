@@ -4,7 +4,7 @@
 /// Logs an authentication event once, at info, with a stable `event` name,
 /// the client's IP and user agent, and the given fields (never a secret).
 macro_rules! audit {
-    ($event:literal, $client:expr, $($rest:tt)*) => {
+    ($event:expr, $client:expr, $($rest:tt)*) => {
         tracing::info!(
             event = $event,
             ip = %$client.ip_text(),

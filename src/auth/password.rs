@@ -29,48 +29,12 @@ impl AuthService {
     ) -> Result<Issued, AuthError> {
         let now = self.clock.now();
         // A session revoked since the request began (or a user deactivated,
-        // which revokes too) is refused before any password is checked.
-        let account = user::Entity::find_by_id(principal.user.id)
-            .filter(user::Column::IsActive.eq(true))
-            .filter(revocation::session_alive(principal))
-            .one(&self.db)
-            .await?
-            .ok_or_else(|| self.revoker.session_gone(principal))?;
-        // The same limits as login: a stolen token must not be an
+        // which revokes too) is refused before any password is checked; the
+        // same limits as login apply: a stolen token must not be an
         // unthrottled password oracle.
-        if let Err((limit, err)) = self
-            .count_attempt(client.ip, &account.username, now)
-            .await?
-        {
-            audit!("rate_limited", client, limit = ?limit, user_id = account.id, "password change refused by the rate limit");
-            return Err(err);
-        }
-        let counted = self.begin_attempt(&account, now).await.inspect_err(|_| {
-            audit!(
-                "rate_limited",
-                client,
-                limit = "account_backoff",
-                user_id = account.id,
-                "password change refused by the account backoff"
-            );
-        })?;
-        if !self
-            .hasher
-            .verify(old, Some(&account.password_hash))
-            .await
-            .map_err(hashing_error)?
-        {
-            if !counted {
-                self.record_failure(account.id, now).await?;
-            }
-            audit!(
-                "password_change_failed",
-                client,
-                user_id = account.id,
-                "wrong current password"
-            );
-            return Err(AuthError::InvalidCredentials);
-        }
+        let (account, _) = self
+            .check_current_password(principal, old, client, "password_change_failed")
+            .await?;
         let new = match self.check_policy(new, &account.username, Some(old)) {
             Ok(new) => new,
             Err(refused) => {
@@ -145,5 +109,80 @@ impl AuthService {
                 reasons,
             )
         })
+    }
+
+    /// The signed-in user's row, while this request's session lives.
+    pub(super) async fn signed_in_account(
+        &self,
+        principal: &Principal,
+    ) -> Result<user::Model, AuthError> {
+        user::Entity::find_by_id(principal.user.id)
+            .filter(user::Column::IsActive.eq(true))
+            .filter(revocation::session_alive(principal))
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| self.revoker.session_gone(principal))
+    }
+
+    /// Starts a check of a secret the signed-in user gives (the current
+    /// password, or a code to confirm enrolment): the login limits, shared
+    /// by every instance, then the account backoff. Returns whether the
+    /// attempt was counted up front (in backoff).
+    pub(super) async fn begin_check(
+        &self,
+        account: &user::Model,
+        client: &ClientInfo,
+        now: DateTime<Utc>,
+    ) -> Result<bool, AuthError> {
+        if let Err((limit, err)) = self
+            .count_attempt(client.ip, &account.username, now)
+            .await?
+        {
+            audit!("rate_limited", client, limit = ?limit, user_id = account.id, "refused by the rate limit");
+            return Err(err);
+        }
+        self.begin_attempt(account, now).await.inspect_err(|_| {
+            audit!(
+                "rate_limited",
+                client,
+                limit = "account_backoff",
+                user_id = account.id,
+                "refused by the account backoff"
+            );
+        })
+    }
+
+    /// The signed-in user's row once `password` is checked as
+    /// `changePassword` checks its `oldPassword`: the login limits, the
+    /// account backoff, and a failure counted. The backoff is not reset.
+    /// Also returns whether the attempt was counted up front (in backoff).
+    pub(super) async fn check_current_password(
+        &self,
+        principal: &Principal,
+        password: &Password,
+        client: &ClientInfo,
+        failed_event: &'static str,
+    ) -> Result<(user::Model, bool), AuthError> {
+        let now = self.clock.now();
+        let account = self.signed_in_account(principal).await?;
+        let counted = self.begin_check(&account, client, now).await?;
+        if !self
+            .hasher
+            .verify(password, Some(&account.password_hash))
+            .await
+            .map_err(hashing_error)?
+        {
+            if !counted {
+                self.record_failure(account.id, now).await?;
+            }
+            audit!(
+                failed_event,
+                client,
+                user_id = account.id,
+                "wrong current password"
+            );
+            return Err(AuthError::InvalidCredentials);
+        }
+        Ok((account, counted))
     }
 }
