@@ -60,6 +60,7 @@ impl App {
             metrics: metrics::handle(),
             trust_forwarded_for: settings.trust_forwarded_for,
             graphiql: settings.graphiql,
+            cache_ttl: settings.cache_ttl,
             auth,
         };
         Ok(Self {

@@ -18,4 +18,7 @@ pub struct AppState {
     pub graphiql: bool,
     /// Take the client IP from the last `X-Forwarded-For` entry.
     pub trust_forwarded_for: bool,
+    /// How long a resolved token may be trusted without the database: also
+    /// the longest `max-age` `/auth/hasura` gives.
+    pub cache_ttl: std::time::Duration,
 }

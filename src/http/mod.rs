@@ -1,6 +1,7 @@
 //! HTTP: the routes, CORS, request ids and panics caught at the edge.
 
 pub mod client_ip;
+pub mod forward_auth;
 pub mod graphiql;
 pub mod graphql;
 pub mod negotiation;
@@ -27,6 +28,8 @@ pub fn routes(
     let route = Route::new()
         .at("/graphql", get(graphql::get).post(graphql::post))
         .at("/graphql/assets/:name", get(graphiql::asset))
+        .at("/auth/verify", get(forward_auth::verify))
+        .at("/auth/hasura", get(forward_auth::hasura))
         .at("/healthz", get(healthz))
         .at("/readyz", get(readyz))
         .at("/metrics", get(metrics))
@@ -131,6 +134,8 @@ fn route_label(path: &str) -> &'static str {
     match path {
         "/graphql" => "graphql",
         path if path.starts_with("/graphql/assets/") => "graphiql",
+        "/auth/verify" => "auth_verify",
+        "/auth/hasura" => "auth_hasura",
         "/healthz" => "healthz",
         "/readyz" => "readyz",
         "/metrics" => "metrics",

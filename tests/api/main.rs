@@ -9,6 +9,7 @@ mod change_password;
 mod cli;
 mod cors;
 mod docs;
+mod forward_auth;
 mod fuzz;
 mod graphiql;
 mod graphql_http;
