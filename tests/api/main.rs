@@ -18,6 +18,7 @@ mod http;
 mod instances;
 mod login;
 mod mfa;
+mod nginx;
 mod observability;
 mod schema;
 mod sessions;
