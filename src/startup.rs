@@ -61,6 +61,13 @@ impl App {
             trust_forwarded_for: settings.trust_forwarded_for,
             graphiql: settings.graphiql,
             cache_ttl: settings.cache_ttl,
+            cookie: settings
+                .session_cookie
+                .then(|| crate::http::cookie::CookieSettings {
+                    name: settings.cookie_name.clone(),
+                    secure: settings.cookie_secure,
+                }),
+            cors_origins: settings.cors_origins.clone(),
             auth,
         };
         Ok(Self {

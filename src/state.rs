@@ -21,4 +21,8 @@ pub struct AppState {
     /// How long a resolved token may be trusted without the database: also
     /// the longest `max-age` `/auth/hasura` gives.
     pub cache_ttl: std::time::Duration,
+    /// The session cookie's settings, when it is on.
+    pub cookie: Option<crate::http::cookie::CookieSettings>,
+    /// The origins allowed to call from a browser (and to use the cookie).
+    pub cors_origins: Vec<String>,
 }

@@ -11,7 +11,7 @@ use poem::http::{header, HeaderValue, StatusCode};
 use poem::web::Data;
 use poem::{handler, IntoResponse as _, Request, Response};
 
-use super::client_ip::credential;
+use super::cookie::{request_credential, CrossOrigin};
 use crate::auth::{Credential, Principal};
 use crate::error::{AuthError, Unauthenticated};
 use crate::state::AppState;
@@ -69,7 +69,7 @@ pub async fn hasura(req: &Request, Data(state): Data<&AppState>) -> Response {
 }
 
 async fn resolve(req: &Request, state: &AppState) -> Result<std::sync::Arc<Principal>, Refusal> {
-    let credential = credential(req);
+    let credential = request_credential(req, state).map_err(|CrossOrigin| Refusal::CrossOrigin)?;
     let sent = !matches!(credential, Credential::Missing);
     match state.auth.authenticate(&credential).await {
         Ok(principal) => Ok(principal),
@@ -87,6 +87,8 @@ enum Refusal {
         reason: Unauthenticated,
         sent: bool,
     },
+    /// The session cookie, sent from an origin that may not use it.
+    CrossOrigin,
     Internal,
 }
 
@@ -100,6 +102,10 @@ impl Refusal {
                     .with_header(header::CACHE_CONTROL, "no-store")
                     .into_response()
             }
+            Self::CrossOrigin => "cross-origin request"
+                .with_status(StatusCode::FORBIDDEN)
+                .with_header(header::CACHE_CONTROL, "no-store")
+                .into_response(),
             Self::Internal => "internal error"
                 .with_status(StatusCode::INTERNAL_SERVER_ERROR)
                 .with_header(header::CACHE_CONTROL, "no-store")

@@ -7,6 +7,7 @@ mod cache;
 mod captcha;
 mod change_password;
 mod cli;
+mod cookie;
 mod cors;
 mod docs;
 mod forward_auth;
