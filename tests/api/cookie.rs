@@ -3,10 +3,15 @@
 //! `logoutAll`, read when no `Authorization` header is sent (the header
 //! wins), and refused from an origin that may not use it (`Origin`, then
 //! `Sec-Fetch-Site`, neither: refused), on `/graphql` and `/auth/verify`
-//! alike; credentialed CORS for listed origins only.
+//! alike; credentialed CORS for listed origins only. In headless Chromium,
+//! a page on a listed origin signs in with `credentials: "include"` and
+//! then calls `me` with no header; a page on another origin cannot.
+
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::helpers::browser::Browser;
 use crate::helpers::{error_code, error_reason, spawn_app_with, TestApp, TestUser};
 
 const NAME: &str = "__Host-authql";
@@ -321,4 +326,108 @@ async fn listed_origins_get_credentialed_cors_and_may_use_the_cookie() {
         .headers()
         .get("access-control-allow-credentials")
         .is_none());
+}
+
+/// Serves a blank page at `/` on a random loopback port; returns its origin.
+async fn serve_page() -> String {
+    use poem::listener::{Acceptor as _, Listener as _, TcpListener};
+    #[poem::handler]
+    fn page() -> poem::web::Html<&'static str> {
+        poem::web::Html("<!doctype html><title>an app</title><p>an app</p>")
+    }
+    let acceptor = TcpListener::bind("127.0.0.1:0")
+        .into_acceptor()
+        .await
+        .unwrap();
+    let address = *acceptor.local_addr()[0].as_socket_addr().unwrap();
+    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(poem::Route::new().at("/", page)));
+    format!("http://{address}")
+}
+
+/// Opens `origin` and runs `script` (an async function body) there.
+async fn run_in_page(browser: &mut Browser, origin: &str, script: &str) -> Value {
+    browser
+        .call("Page.navigate", json!({ "url": format!("{origin}/") }))
+        .await;
+    let loaded = browser
+        .wait_for(
+            "document.readyState === 'complete' && document.title === 'an app'",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(loaded, "{origin} did not load");
+    let text = browser
+        .eval(&format!("(async () => {{ {script} }})()"))
+        .await;
+    serde_json::from_str(text.as_str().expect("a JSON string")).unwrap()
+}
+
+#[tokio::test]
+async fn a_browser_signs_in_with_the_cookie_from_a_listed_origin_only() {
+    let app_origin = serve_page().await;
+    let stranger = serve_page().await;
+    let listed = app_origin.clone();
+    // Plain HTTP on loopback: no Secure, no __Host- prefix.
+    let app = spawn_app_with(move |s| {
+        s.session_cookie = true;
+        s.cookie_secure = false;
+        s.cookie_name = "authql".into();
+        s.cors_origins = vec![listed];
+    })
+    .await;
+    let user = app.create_user().await;
+    let api = app.url("/graphql");
+    let call = format!(
+        r#"const call = async (query) => {{
+            try {{
+                const r = await fetch("{api}", {{ method: "POST", credentials: "include",
+                    headers: {{ "Content-Type": "application/json" }},
+                    body: JSON.stringify({{ query }}) }});
+                return {{ status: r.status, body: await r.json() }};
+            }} catch (e) {{ return {{ failed: String(e) }}; }}
+        }};"#
+    );
+    let mut browser = Browser::launch().await;
+    browser.call("Page.enable", json!({})).await;
+
+    let login = format!(
+        r#"mutation {{ login(username: \"{}\", password: \"{}\") {{ user {{ username }} }} }}"#,
+        user.username, user.password
+    );
+    let signed_in = run_in_page(
+        &mut browser,
+        &app_origin,
+        &format!(
+            r#"{call}
+            const login = await call("{login}");
+            const me = await call("{{ me {{ username }} }}");
+            return JSON.stringify({{ login, me, visible: document.cookie }});"#
+        ),
+    )
+    .await;
+    assert_eq!(
+        signed_in["login"]["body"]["data"]["login"]["user"]["username"],
+        user.username.as_str(),
+        "{signed_in}"
+    );
+    // No header: the cookie alone, which the page's script cannot read.
+    assert_eq!(
+        signed_in["me"]["body"]["data"]["me"]["username"],
+        user.username.as_str(),
+        "{signed_in}"
+    );
+    assert_eq!(signed_in["visible"], "", "{signed_in}");
+
+    // The same browser, holding the cookie, on an origin not listed.
+    let refused = run_in_page(
+        &mut browser,
+        &stranger,
+        &format!(
+            r#"{call}
+            const me = await call("{{ me {{ username }} }}");
+            return JSON.stringify({{ me }});"#
+        ),
+    )
+    .await;
+    assert!(refused["me"]["failed"].is_string(), "{refused}");
 }
