@@ -182,6 +182,10 @@ pub struct ServerArgs {
     #[arg(long, env = "AUTHQL_COOKIE_SECURE", default_value_t = true,
           action = clap::ArgAction::Set, value_name = "BOOL")]
     pub cookie_secure: bool,
+
+    /// Seconds between two writes of a session's lastUsedAt.
+    #[arg(long, env = "AUTHQL_LAST_USED_INTERVAL", default_value = "60", value_parser = parse_seconds, value_name = "SECONDS")]
+    pub last_used_interval: Duration,
 }
 
 /// How log lines are written: every command that logs.
@@ -238,6 +242,7 @@ pub struct Settings {
     pub session_cookie: bool,
     pub cookie_name: String,
     pub cookie_secure: bool,
+    pub last_used_interval: Duration,
 }
 
 impl From<ServeArgs> for Settings {
@@ -284,6 +289,7 @@ impl From<ServeArgs> for Settings {
                 .to_owned()
             }),
             cookie_secure: server.cookie_secure,
+            last_used_interval: server.last_used_interval,
         }
     }
 }

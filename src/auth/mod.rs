@@ -18,6 +18,7 @@ mod backoff;
 pub mod cache;
 pub mod captcha;
 mod health;
+pub mod last_used;
 pub mod listener;
 mod login;
 pub mod mfa;
@@ -88,6 +89,8 @@ pub struct Principal {
     pub user: User,
     pub session_id: i64,
     pub expires_at: DateTime<Utc>,
+    /// When the session last authenticated a request, as of loading.
+    pub last_used_at: DateTime<Utc>,
 }
 
 /// One live token of a user.
@@ -97,6 +100,7 @@ pub struct Session {
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub user_agent: Option<String>,
+    pub last_used_at: DateTime<Utc>,
     pub ip: Option<String>,
 }
 
@@ -154,6 +158,7 @@ pub enum Credential {
 pub struct AuthService {
     db: DatabaseConnection,
     cache: TokenCache,
+    last_used: last_used::LastUsed,
     revoker: Revoker,
     hasher: PasswordHasher,
     policy: PasswordPolicy,
@@ -197,6 +202,7 @@ impl AuthService {
             mfa_issuer: settings.mfa_issuer.clone(),
             mfa_challenge_ttl: chrono::Duration::from_std(settings.mfa_challenge_ttl)
                 .context("mfa-challenge-ttl too large")?,
+            last_used: last_used::LastUsed::new(settings.last_used_interval),
             db,
             cache,
             clock,
@@ -205,6 +211,10 @@ impl AuthService {
 
     pub fn db(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    pub fn last_used(&self) -> &last_used::LastUsed {
+        &self.last_used
     }
 
     pub fn cache(&self) -> &TokenCache {

@@ -42,6 +42,8 @@ impl AuthService {
         let now = self.clock.now();
         if let Lookup::Hit(principal) = self.cache.get(&digest, now) {
             if now < principal.expires_at {
+                self.last_used
+                    .used(principal.session_id, principal.last_used_at, now);
                 metrics::token_resolved("cache");
                 return Ok(principal);
             }
@@ -66,10 +68,13 @@ impl AuthService {
             user: User::from(&owner),
             session_id: session.id,
             expires_at: session.expires_at,
+            last_used_at: session.last_used_at.unwrap_or(session.created_at),
         };
         let principal = Arc::new(principal);
         self.cache
             .insert(digest, Arc::clone(&principal), generation, now);
+        self.last_used
+            .used(principal.session_id, principal.last_used_at, now);
         metrics::token_resolved("database");
         Ok(principal)
     }

@@ -17,6 +17,7 @@ mod graphql_http;
 mod hostile;
 mod http;
 mod instances;
+mod last_used;
 mod login;
 mod mfa;
 mod nginx;
