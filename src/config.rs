@@ -186,6 +186,11 @@ pub struct ServerArgs {
     /// Seconds between two writes of a session's lastUsedAt.
     #[arg(long, env = "AUTHQL_LAST_USED_INTERVAL", default_value = "60", value_parser = parse_seconds, value_name = "SECONDS")]
     pub last_used_interval: Duration,
+
+    /// Seconds a session may go unused before it is refused and removed;
+    /// 0: no idle timeout.
+    #[arg(long, env = "AUTHQL_TOKEN_IDLE_TIMEOUT", default_value = "0", value_parser = parse_seconds_or_zero, value_name = "SECONDS")]
+    pub token_idle_timeout: Duration,
 }
 
 /// How log lines are written: every command that logs.
@@ -243,6 +248,8 @@ pub struct Settings {
     pub cookie_name: String,
     pub cookie_secure: bool,
     pub last_used_interval: Duration,
+    /// Zero: none.
+    pub token_idle_timeout: Duration,
 }
 
 impl From<ServeArgs> for Settings {
@@ -290,6 +297,7 @@ impl From<ServeArgs> for Settings {
             }),
             cookie_secure: server.cookie_secure,
             last_used_interval: server.last_used_interval,
+            token_idle_timeout: server.token_idle_timeout,
         }
     }
 }
@@ -598,6 +606,13 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
         Ok(_) => Err("must be at most ten years".to_owned()),
         Err(_) => Err("expected a whole number of seconds".to_owned()),
     }
+}
+
+fn parse_seconds_or_zero(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_seconds(s)
 }
 
 fn parse_score(s: &str) -> Result<f64, String> {

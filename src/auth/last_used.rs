@@ -58,6 +58,22 @@ impl LastUsed {
         }
     }
 
+    /// The latest use this instance knows of beyond `known`.
+    pub fn latest(&self, session: i64, known: DateTime<Utc>) -> DateTime<Utc> {
+        self.noted
+            .lock()
+            .ok()
+            .and_then(|noted| noted.get(&session).copied())
+            .map_or(known, |at| at.max(known))
+    }
+
+    /// How far behind the database may be on a session another instance
+    /// is using: a use is written only once per interval, and a second or
+    /// so after it.
+    pub fn lag(&self) -> chrono::Duration {
+        self.interval + chrono::Duration::from_std(FLUSH_EVERY * 2).unwrap_or_default()
+    }
+
     /// Writes the pending notes in one transaction (a row only moves
     /// forward); forgets notes older than the interval.
     ///

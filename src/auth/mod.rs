@@ -159,6 +159,8 @@ pub struct AuthService {
     db: DatabaseConnection,
     cache: TokenCache,
     last_used: last_used::LastUsed,
+    /// `token-idle-timeout`, when set.
+    idle_timeout: Option<chrono::Duration>,
     revoker: Revoker,
     hasher: PasswordHasher,
     policy: PasswordPolicy,
@@ -203,6 +205,10 @@ impl AuthService {
             mfa_challenge_ttl: chrono::Duration::from_std(settings.mfa_challenge_ttl)
                 .context("mfa-challenge-ttl too large")?,
             last_used: last_used::LastUsed::new(settings.last_used_interval),
+            idle_timeout: (!settings.token_idle_timeout.is_zero())
+                .then(|| chrono::Duration::from_std(settings.token_idle_timeout))
+                .transpose()
+                .context("token-idle-timeout too large")?,
             db,
             cache,
             clock,
@@ -211,6 +217,10 @@ impl AuthService {
 
     pub fn db(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    pub fn idle_timeout(&self) -> Option<chrono::Duration> {
+        self.idle_timeout
     }
 
     pub fn last_used(&self) -> &last_used::LastUsed {

@@ -82,3 +82,76 @@ async fn forward_authentication_counts_as_use() {
     let seen = wait_for_last_used(&app, &token, signed_in + chrono::Duration::seconds(10)).await;
     assert!(seen >= signed_in + chrono::Duration::seconds(10), "{seen}");
 }
+
+const IDLE: u64 = 300;
+const INTERVAL: u64 = 60;
+
+fn idle_settings(s: &mut authql::config::Settings) {
+    s.token_idle_timeout = Duration::from_secs(IDLE);
+    s.last_used_interval = Duration::from_secs(INTERVAL);
+}
+
+#[tokio::test]
+async fn an_idle_session_is_refused_as_expired_and_removed() {
+    let app = spawn_app_with(idle_settings).await;
+    let user = app.create_user().await;
+    let token = app.login(&user).await;
+    assert!(app.me(&token).await["data"]["me"].is_object());
+
+    // Idle for the timeout, plus the lag allowed for other instances'
+    // writes (one interval and two flushes).
+    app.clock.advance(Duration::from_secs(IDLE + INTERVAL + 3));
+
+    let body = app.me(&token).await;
+    assert_eq!(crate::helpers::error_reason(&body), "TOKEN_EXPIRED");
+    let body = app.me(&token).await;
+    assert_eq!(crate::helpers::error_reason(&body), "INVALID_TOKEN");
+}
+
+#[tokio::test]
+async fn a_session_in_use_is_never_idle() {
+    let app = spawn_app_with(idle_settings).await;
+    let user = app.create_user().await;
+    let token = app.login(&user).await;
+
+    for _ in 0..4 {
+        app.clock.advance(Duration::from_secs(200));
+        assert!(app.me(&token).await["data"]["me"].is_object());
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_sweep_removes_idle_sessions() {
+    let app = spawn_app_with(idle_settings).await;
+    let user = app.create_user().await;
+    let token = app.login(&user).await;
+    let cutoff = app.clock.now() + chrono::Duration::seconds(1);
+    let swept = authql::auth::sweeper::sweep_idle(app.auth.db(), cutoff)
+        .await
+        .unwrap();
+    assert!(swept >= 1);
+    app.auth.cache().clear();
+    let body = app.me(&token).await;
+    assert_eq!(crate::helpers::error_reason(&body), "INVALID_TOKEN");
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]
+async fn a_session_in_use_on_another_instance_is_not_refused_for_idleness() {
+    let a = crate::helpers::spawn_postgres_app_with(idle_settings).await;
+    let b = a.spawn_sibling(idle_settings).await;
+    let user = a.create_user().await;
+    let token = a.login(&user).await;
+    // Cached on A, which then sees no use of it.
+    assert!(a.me(&token).await["data"]["me"].is_object());
+
+    for _ in 0..4 {
+        a.clock.advance(Duration::from_secs(200));
+        assert!(b.me(&token).await["data"]["me"].is_object());
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+
+    // 800 s since A last saw it: A's view is stale, the database is not.
+    assert!(a.me(&token).await["data"]["me"].is_object());
+}
