@@ -166,6 +166,31 @@ pub struct ServerArgs {
     /// Seconds a login's second step (its MFA challenge) stays valid.
     #[arg(long, env = "AUTHQL_MFA_CHALLENGE_TTL", default_value = "300", value_parser = parse_seconds, value_name = "SECONDS")]
     pub mfa_challenge_ttl: Duration,
+
+    /// Also hand out each new session as an HttpOnly cookie, read when no
+    /// Authorization header is sent: on or off.
+    #[arg(long, env = "AUTHQL_SESSION_COOKIE", default_value = "off", value_parser = parse_on_off, value_name = "on|off")]
+    pub session_cookie: bool,
+
+    /// The session cookie's name [default: __Host-authql, or authql with
+    /// --cookie-secure false].
+    #[arg(long, env = "AUTHQL_COOKIE_NAME", value_parser = parse_cookie_name, value_name = "NAME")]
+    pub cookie_name: Option<String>,
+
+    /// Mark the session cookie Secure (HTTPS only); false is for plain-HTTP
+    /// development.
+    #[arg(long, env = "AUTHQL_COOKIE_SECURE", default_value_t = true,
+          action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub cookie_secure: bool,
+
+    /// Seconds between two writes of a session's lastUsedAt.
+    #[arg(long, env = "AUTHQL_LAST_USED_INTERVAL", default_value = "60", value_parser = parse_seconds, value_name = "SECONDS")]
+    pub last_used_interval: Duration,
+
+    /// Seconds a session may go unused before it is refused and removed;
+    /// 0: no idle timeout.
+    #[arg(long, env = "AUTHQL_TOKEN_IDLE_TIMEOUT", default_value = "0", value_parser = parse_seconds_or_zero, value_name = "SECONDS")]
+    pub token_idle_timeout: Duration,
 }
 
 /// How log lines are written: every command that logs.
@@ -219,6 +244,12 @@ pub struct Settings {
     pub secret_key: Option<SecretKey>,
     pub mfa_issuer: String,
     pub mfa_challenge_ttl: Duration,
+    pub session_cookie: bool,
+    pub cookie_name: String,
+    pub cookie_secure: bool,
+    pub last_used_interval: Duration,
+    /// Zero: none.
+    pub token_idle_timeout: Duration,
 }
 
 impl From<ServeArgs> for Settings {
@@ -255,6 +286,18 @@ impl From<ServeArgs> for Settings {
             secret_key: server.secret_key,
             mfa_issuer: server.mfa_issuer,
             mfa_challenge_ttl: server.mfa_challenge_ttl,
+            session_cookie: server.session_cookie,
+            cookie_name: server.cookie_name.unwrap_or_else(|| {
+                if server.cookie_secure {
+                    "__Host-authql"
+                } else {
+                    "authql"
+                }
+                .to_owned()
+            }),
+            cookie_secure: server.cookie_secure,
+            last_used_interval: server.last_used_interval,
+            token_idle_timeout: server.token_idle_timeout,
         }
     }
 }
@@ -329,6 +372,9 @@ impl fmt::Debug for Settings {
             )
             .field("secret_key", &self.secret_key)
             .field("mfa_issuer", &self.mfa_issuer)
+            .field("session_cookie", &self.session_cookie)
+            .field("cookie_name", &self.cookie_name)
+            .field("cookie_secure", &self.cookie_secure)
             .finish_non_exhaustive()
     }
 }
@@ -562,6 +608,13 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
     }
 }
 
+fn parse_seconds_or_zero(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_seconds(s)
+}
+
 fn parse_score(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(score) if (0.0..=1.0).contains(&score) => Ok(score),
@@ -580,6 +633,28 @@ fn parse_http_url(s: &str) -> Result<String, String> {
 /// An origin as browsers send it in `Origin`: scheme and host lower-cased,
 /// the default port dropped, no path (`https://App.Example.com:443/` is
 /// `https://app.example.com`), so that comparing texts compares origins.
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("expected on or off, got {s}")),
+    }
+}
+
+/// An RFC 6265 cookie name: a token, no separators or controls.
+fn parse_cookie_name(s: &str) -> Result<String, String> {
+    let valid = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+    if valid {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "expected a cookie name (letters, digits, - _ . and the like), got {s}"
+        ))
+    }
+}
+
 fn parse_origin(s: &str) -> Result<String, String> {
     let s = s.trim();
     let expected = || format!("expected an origin such as https://app.example.com, got {s}");

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use sea_orm::DbBackend;
 
-use crate::auth::{listener, sweeper, AuthService};
+use crate::auth::{last_used, listener, sweeper, AuthService};
 use crate::clock::Clock;
 use crate::config::{SettingError, Settings};
 use crate::state::AppState;
@@ -60,6 +60,14 @@ impl App {
             metrics: metrics::handle(),
             trust_forwarded_for: settings.trust_forwarded_for,
             graphiql: settings.graphiql,
+            cache_ttl: settings.cache_ttl,
+            cookie: settings
+                .session_cookie
+                .then(|| crate::http::cookie::CookieSettings {
+                    name: settings.cookie_name.clone(),
+                    secure: settings.cookie_secure,
+                }),
+            cors_origins: settings.cors_origins.clone(),
             auth,
         };
         Ok(Self {
@@ -91,6 +99,7 @@ impl App {
         self.report(auth.count_users().await.unwrap_or(0));
         let mut background = vec![
             tokio::spawn(sweeper::run(auth.clone())),
+            tokio::spawn(last_used::run(auth.clone())),
             tokio::spawn(metrics::run_upkeep(self.state.metrics.clone())),
         ];
         if auth.db().get_database_backend() == DbBackend::Postgres {

@@ -18,4 +18,11 @@ pub struct AppState {
     pub graphiql: bool,
     /// Take the client IP from the last `X-Forwarded-For` entry.
     pub trust_forwarded_for: bool,
+    /// How long a resolved token may be trusted without the database: also
+    /// the longest `max-age` `/auth/hasura` gives.
+    pub cache_ttl: std::time::Duration,
+    /// The session cookie's settings, when it is on.
+    pub cookie: Option<crate::http::cookie::CookieSettings>,
+    /// The origins allowed to call from a browser (and to use the cookie).
+    pub cors_origins: Vec<String>,
 }

@@ -236,6 +236,7 @@ mod tests {
 
     fn principal(user_id: i64, expires_at: DateTime<Utc>) -> Principal {
         Principal {
+            last_used_at: expires_at,
             user: User {
                 id: user_id,
                 username: format!("user{user_id}"),

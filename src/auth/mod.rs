@@ -18,6 +18,7 @@ mod backoff;
 pub mod cache;
 pub mod captcha;
 mod health;
+pub mod last_used;
 pub mod listener;
 mod login;
 pub mod mfa;
@@ -88,6 +89,8 @@ pub struct Principal {
     pub user: User,
     pub session_id: i64,
     pub expires_at: DateTime<Utc>,
+    /// When the session last authenticated a request, as of loading.
+    pub last_used_at: DateTime<Utc>,
 }
 
 /// One live token of a user.
@@ -97,6 +100,7 @@ pub struct Session {
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub user_agent: Option<String>,
+    pub last_used_at: DateTime<Utc>,
     pub ip: Option<String>,
 }
 
@@ -154,6 +158,9 @@ pub enum Credential {
 pub struct AuthService {
     db: DatabaseConnection,
     cache: TokenCache,
+    last_used: last_used::LastUsed,
+    /// `token-idle-timeout`, when set.
+    idle_timeout: Option<chrono::Duration>,
     revoker: Revoker,
     hasher: PasswordHasher,
     policy: PasswordPolicy,
@@ -197,6 +204,11 @@ impl AuthService {
             mfa_issuer: settings.mfa_issuer.clone(),
             mfa_challenge_ttl: chrono::Duration::from_std(settings.mfa_challenge_ttl)
                 .context("mfa-challenge-ttl too large")?,
+            last_used: last_used::LastUsed::new(settings.last_used_interval),
+            idle_timeout: (!settings.token_idle_timeout.is_zero())
+                .then(|| chrono::Duration::from_std(settings.token_idle_timeout))
+                .transpose()
+                .context("token-idle-timeout too large")?,
             db,
             cache,
             clock,
@@ -205,6 +217,14 @@ impl AuthService {
 
     pub fn db(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    pub fn idle_timeout(&self) -> Option<chrono::Duration> {
+        self.idle_timeout
+    }
+
+    pub fn last_used(&self) -> &last_used::LastUsed {
+        &self.last_used
     }
 
     pub fn cache(&self) -> &TokenCache {

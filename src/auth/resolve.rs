@@ -41,7 +41,9 @@ impl AuthService {
         let digest = token.digest();
         let now = self.clock.now();
         if let Lookup::Hit(principal) = self.cache.get(&digest, now) {
-            if now < principal.expires_at {
+            if now < principal.expires_at && !self.looks_idle(&principal, now) {
+                self.last_used
+                    .used(principal.session_id, principal.last_used_at, now);
                 metrics::token_resolved("cache");
                 return Ok(principal);
             }
@@ -62,16 +64,42 @@ impl AuthService {
         if !owner.is_active {
             return Err(invalid_token());
         }
+        if let Some(idle) = self.idle_timeout {
+            // The database's view, with the lag of another instance's
+            // writes allowed for: refused only when idle on every instance.
+            let last = self.last_used.latest(
+                session.id,
+                session.last_used_at.unwrap_or(session.created_at),
+            );
+            if now - last >= idle + self.last_used.lag() {
+                self.forget_expired(session.id, &digest).await?;
+                return Err(AuthError::Unauthenticated(Unauthenticated::TokenExpired));
+            }
+        }
         let principal = Principal {
             user: User::from(&owner),
             session_id: session.id,
             expires_at: session.expires_at,
+            last_used_at: session.last_used_at.unwrap_or(session.created_at),
         };
         let principal = Arc::new(principal);
         self.cache
             .insert(digest, Arc::clone(&principal), generation, now);
+        self.last_used
+            .used(principal.session_id, principal.last_used_at, now);
         metrics::token_resolved("database");
         Ok(principal)
+    }
+
+    /// The cached view says idle: the database, which may know of use on
+    /// another instance, decides.
+    fn looks_idle(&self, principal: &Principal, now: chrono::DateTime<chrono::Utc>) -> bool {
+        self.idle_timeout.is_some_and(|idle| {
+            let last = self
+                .last_used
+                .latest(principal.session_id, principal.last_used_at);
+            now - last >= idle
+        })
     }
 
     async fn forget_expired(&self, session_id: i64, digest: &TokenDigest) -> Result<(), AuthError> {

@@ -40,6 +40,7 @@ impl AuthService {
             expires_at: Set(expires_at),
             user_agent: Set(user_agent),
             ip: Set(client.ip.map(|ip| ip.to_string())),
+            last_used_at: Set(Some(now)),
             ..Default::default()
         }
         .insert(conn)
@@ -110,6 +111,7 @@ impl AuthService {
                 expires_at: row.expires_at,
                 user_agent: row.user_agent,
                 ip: row.ip,
+                last_used_at: row.last_used_at.unwrap_or(row.created_at),
             })
             .collect())
     }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use sea_orm::{
-    ColumnTrait as _, DatabaseConnection, DbErr, EntityTrait as _, QueryFilter as _,
+    ColumnTrait as _, Condition, DatabaseConnection, DbErr, EntityTrait as _, QueryFilter as _,
     QuerySelect as _,
 };
 
@@ -30,6 +30,14 @@ pub async fn run(auth: std::sync::Arc<AuthService>) {
             Ok(deleted) => tracing::info!(deleted, "expired tokens swept"),
             Err(err) => tracing::warn!(error = %err, "expired-token sweep failed"),
         }
+        if let Some(idle) = auth.idle_timeout() {
+            let cutoff = auth.clock().now() - idle - auth.last_used().lag();
+            match sweep_idle(auth.db(), cutoff).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, "idle tokens swept"),
+                Err(err) => tracing::warn!(error = %err, "idle-token sweep failed"),
+            }
+        }
         match auth.throttle_store().sweep(auth.clock().now()).await {
             Ok(0) => {}
             Ok(deleted) => tracing::debug!(deleted, "idle throttle rows swept"),
@@ -52,12 +60,39 @@ pub async fn sweep_expired(
     db: &DatabaseConnection,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<u64, DbErr> {
+    sweep_tokens(
+        db,
+        Condition::all().add(auth_token::Column::ExpiresAt.lte(now)),
+    )
+    .await
+}
+
+/// Deletes every token last used before `cutoff` (a session older than
+/// `lastUsedAt`: created before it), `BATCH` at a time; returns how many.
+///
+/// # Errors
+/// A database error; the batches already deleted stay deleted.
+pub async fn sweep_idle(
+    db: &DatabaseConnection,
+    cutoff: chrono::DateTime<chrono::Utc>,
+) -> Result<u64, DbErr> {
+    let idle = Condition::any()
+        .add(auth_token::Column::LastUsedAt.lt(cutoff))
+        .add(
+            Condition::all()
+                .add(auth_token::Column::LastUsedAt.is_null())
+                .add(auth_token::Column::CreatedAt.lt(cutoff)),
+        );
+    sweep_tokens(db, idle).await
+}
+
+async fn sweep_tokens(db: &DatabaseConnection, which: Condition) -> Result<u64, DbErr> {
     let mut total = 0;
     loop {
         let ids: Vec<i64> = auth_token::Entity::find()
             .select_only()
             .column(auth_token::Column::Id)
-            .filter(auth_token::Column::ExpiresAt.lte(now))
+            .filter(which.clone())
             .limit(BATCH)
             .into_tuple()
             .all(db)

@@ -72,6 +72,20 @@ impl Refused {
     }
 }
 
+/// The answer to a cookie-authenticated request from an origin that may
+/// not use the cookie.
+pub fn forbidden_cross_origin() -> async_graphql::Response {
+    let mut error = ServerError::new(
+        "the session cookie cannot be used from this origin; send the token in the Authorization header",
+        None,
+    );
+    let mut extensions = ErrorExtensionValues::default();
+    extensions.set("code", "FORBIDDEN");
+    extensions.set("reason", "CROSS_ORIGIN");
+    error.extensions = Some(extensions);
+    async_graphql::Response::from_errors(vec![error])
+}
+
 /// The answer to a request abandoned for taking too long (the cause is
 /// logged where it is known).
 pub fn internal_error() -> async_graphql::Response {

@@ -15,7 +15,7 @@ pub mod types;
 use async_graphql::{EmptySubscription, Schema};
 use chrono::{DateTime, Utc};
 
-pub use context::RequestContext;
+pub use context::{RequestContext, SessionCookie};
 use documents::Validated;
 pub use documents::{Checked, DocumentCache};
 use mutation::Mutation;

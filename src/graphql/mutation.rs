@@ -29,6 +29,7 @@ impl Mutation {
                 &request.client,
             )
             .await?;
+        request.issued(&issued);
         Ok(issued.into())
     }
 
@@ -36,7 +37,9 @@ impl Mutation {
     async fn logout(&self, ctx: &Context<'_>) -> Result<bool, AuthError> {
         let request = request(ctx)?;
         let principal = request.principal().await?;
-        request.auth.logout(&principal, &request.client).await
+        let out = request.auth.logout(&principal, &request.client).await?;
+        request.signed_out();
+        Ok(out)
     }
 
     /// Revoke every token of the signed-in user; returns how many were revoked.
@@ -44,6 +47,7 @@ impl Mutation {
         let request = request(ctx)?;
         let principal = request.principal().await?;
         let revoked = request.auth.logout_all(&principal, &request.client).await?;
+        request.signed_out();
         Ok(i32::try_from(revoked).unwrap_or(i32::MAX))
     }
 
@@ -87,6 +91,7 @@ impl Mutation {
             )
             .await
             .map_err(AuthError::for_current_password)?;
+        request.issued(&issued);
         Ok(issued.into())
     }
 
@@ -102,6 +107,7 @@ impl Mutation {
             .auth
             .verify_mfa(&challenge, &code, &request.client)
             .await?;
+        request.issued(&issued);
         Ok(issued.into())
     }
 

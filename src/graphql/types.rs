@@ -54,6 +54,8 @@ pub struct SessionObject {
     pub user_agent: Option<String>,
     /// The client's IP address at sign-in, if known.
     pub ip: Option<String>,
+    /// When the token last authenticated a request (precise to `last-used-interval`).
+    pub last_used_at: DateTime<Utc>,
     /// True for the session whose token made this request.
     pub current: bool,
 }
@@ -67,6 +69,7 @@ impl SessionObject {
             expires_at: session.expires_at,
             user_agent: session.user_agent,
             ip: session.ip,
+            last_used_at: session.last_used_at,
         }
     }
 }

@@ -12,9 +12,10 @@ use poem::web::Data;
 use poem::{handler, Body, Request, Response};
 use serde::Deserialize;
 
-use super::client_ip::{client_info, credential};
+use super::client_ip::client_info;
+use super::cookie::{request_credential, set_cookie, CrossOrigin};
 use super::negotiation::{negotiate, MediaType};
-use crate::graphql::error::{internal_error, label_errors, Refused};
+use crate::graphql::error::{forbidden_cross_origin, internal_error, label_errors, Refused};
 use crate::graphql::{self, Outcome, Reached, RequestContext};
 use crate::state::AppState;
 
@@ -92,8 +93,11 @@ async fn post_as(media: MediaType, req: &Request, body: Body, state: &AppState) 
             );
         }
     }
-    let context = request_context(req, state);
-    let batch = batch.data(context);
+    let context = match request_context(req, state) {
+        Ok(context) => context,
+        Err(CrossOrigin) => return cross_origin(),
+    };
+    let batch = batch.data(Arc::clone(&context));
     let (single, requests) = match batch {
         BatchRequest::Single(request) => (true, vec![request]),
         BatchRequest::Batch(requests) => (false, requests),
@@ -118,7 +122,8 @@ async fn post_as(media: MediaType, req: &Request, body: Body, state: &AppState) 
         let responses: Vec<_> = outcomes.iter().map(body_of).collect();
         Some(serde_json::to_vec(&responses))
     };
-    json_bytes(status, body.and_then(Result::ok).unwrap_or_default())
+    let response = json_bytes(status, body.and_then(Result::ok).unwrap_or_default());
+    with_cookie(response, &context, state)
 }
 
 /// The status of an answer: always 200 under `application/json`; under
@@ -261,7 +266,11 @@ async fn get_as(
             )
         }
     };
-    let request = request.data(request_context(req, state));
+    let context = match request_context(req, state) {
+        Ok(context) => context,
+        Err(CrossOrigin) => return cross_origin(),
+    };
+    let request = request.data(context);
     let execution = tokio::time::timeout(
         EXECUTION_TIMEOUT,
         graphql::execute_checked(&state.schema, &state.documents, request, checked),
@@ -290,12 +299,43 @@ fn body_of(outcome: &Outcome) -> serde_json::Value {
     body
 }
 
-fn request_context(req: &Request, state: &AppState) -> Arc<RequestContext> {
-    Arc::new(RequestContext::new(
+/// The request's context, unless its cookie came from another origin.
+fn request_context(req: &Request, state: &AppState) -> Result<Arc<RequestContext>, CrossOrigin> {
+    let credential = request_credential(req, state)?;
+    Ok(Arc::new(RequestContext::new(
         state.auth.clone(),
-        credential(req),
+        credential,
         client_info(req, state.trust_forwarded_for),
-    ))
+    )))
+}
+
+/// 403 for a cookie sent from another origin; refused before it ran, so
+/// no `data` entry.
+fn cross_origin() -> Response {
+    let mut body = serde_json::to_value(forbidden_cross_origin()).unwrap_or_default();
+    if let Some(object) = body.as_object_mut() {
+        object.remove("data");
+    }
+    json_bytes(
+        StatusCode::FORBIDDEN,
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )
+}
+
+/// The `Set-Cookie` of what the request's mutations did to the session,
+/// when the cookie is on.
+fn with_cookie(mut response: Response, context: &RequestContext, state: &AppState) -> Response {
+    let change = context.take_cookie();
+    if let (Some(settings), Some(change)) = (&state.cookie, change) {
+        if let Some(value) = set_cookie(settings, &change) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+            response.headers_mut().insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("no-store"),
+            );
+        }
+    }
+    response
 }
 
 fn is_json(req: &Request) -> bool {

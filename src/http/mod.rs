@@ -1,6 +1,8 @@
 //! HTTP: the routes, CORS, request ids and panics caught at the edge.
 
 pub mod client_ip;
+pub mod cookie;
+pub mod forward_auth;
 pub mod graphiql;
 pub mod graphql;
 pub mod negotiation;
@@ -24,9 +26,14 @@ pub fn routes(
     state: AppState,
     cors_origins: &[String],
 ) -> poem::endpoint::BoxEndpoint<'static, Response> {
+    // Credentialed CORS (the session cookie) only when the cookie is on;
+    // poem's Cors answers only listed origins, so only they get it.
+    let credentials = state.cookie.is_some();
     let route = Route::new()
         .at("/graphql", get(graphql::get).post(graphql::post))
         .at("/graphql/assets/:name", get(graphiql::asset))
+        .at("/auth/verify", get(forward_auth::verify))
+        .at("/auth/hasura", get(forward_auth::hasura))
         .at("/healthz", get(healthz))
         .at("/readyz", get(readyz))
         .at("/metrics", get(metrics))
@@ -43,6 +50,7 @@ pub fn routes(
                     .allow_methods([Method::GET, Method::POST])
                     .allow_headers(["authorization", "content-type", REQUEST_ID])
                     .expose_headers([REQUEST_ID])
+                    .allow_credentials(credentials)
                     .max_age(600),
             )
             .around(vary_by_origin)
@@ -131,6 +139,8 @@ fn route_label(path: &str) -> &'static str {
     match path {
         "/graphql" => "graphql",
         path if path.starts_with("/graphql/assets/") => "graphiql",
+        "/auth/verify" => "auth_verify",
+        "/auth/hasura" => "auth_hasura",
         "/healthz" => "healthz",
         "/readyz" => "readyz",
         "/metrics" => "metrics",

@@ -16,6 +16,9 @@ pub struct Model {
     pub expires_at: DateTimeUtc,
     pub user_agent: Option<String>,
     pub ip: Option<String>,
+    /// When the session last authenticated a request (to
+    /// `last-used-interval`); null for a session older than the column.
+    pub last_used_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
