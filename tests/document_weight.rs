@@ -70,9 +70,26 @@ fn the_weight_of_a_document_bounds_its_memory() {
         ),
         ("many objects", fill("{ me(x: [", "{a:1},", "]) { id } }")),
         ("many short fields", format!("{{ {}}}", "a ".repeat(490))),
-        ("many arguments", fill("{ me(", "a:1 ", ") { id } }")),
-        ("many variables", fill("query(", "$a:Int ", ") { id }")),
-        ("many directives", fill("{ me ", "@a ", "{ id } }")),
+        // As wide as the bounds admit: 16 arguments a field, 8 directives
+        // a selection, 32 variables an operation.
+        (
+            "many arguments",
+            fill(
+                "{ ",
+                "me(a:1 a:1 a:1 a:1 a:1 a:1 a:1 a:1 a:1 a:1 a:1 a:1 a:1 a:1 a:1 a:1) ",
+                "}",
+            ),
+        ),
+        ("many variables", {
+            let variables: String = (0..32).map(|i| format!("$v{i}:Int ")).collect();
+            (0..10)
+                .map(|n| format!("query Q{n}({variables}) {{ id }} "))
+                .collect()
+        }),
+        (
+            "many directives",
+            fill("{ ", "me @a @a @a @a @a @a @a @a ", "}"),
+        ),
         (
             "many fragments",
             format!(
