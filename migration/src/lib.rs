@@ -10,6 +10,7 @@ mod m20250101_000001_create_users_and_tokens;
 mod m20250101_000002_add_login_backoff;
 mod m20261201_000001_create_throttle;
 mod m20261201_000002_add_totp;
+mod m20261201_000003_accounts;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20250101_000002_add_login_backoff::Migration),
             Box::new(m20261201_000001_create_throttle::Migration),
             Box::new(m20261201_000002_add_totp::Migration),
+            Box::new(m20261201_000003_accounts::Migration),
         ]
     }
 }

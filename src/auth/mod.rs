@@ -14,10 +14,12 @@ macro_rules! audit {
     };
 }
 
+mod accounts;
 mod backoff;
 pub mod cache;
 pub mod captcha;
 mod health;
+pub mod links;
 pub mod listener;
 mod login;
 pub mod mfa;
@@ -61,6 +63,7 @@ pub struct User {
     pub id: i64,
     pub username: String,
     pub email: Option<String>,
+    pub email_verified: bool,
     /// TOTP is on: a login needs a second step.
     pub mfa_enabled: bool,
     pub is_active: bool,
@@ -74,6 +77,7 @@ impl From<&user::Model> for User {
             id: row.id,
             username: row.username.clone(),
             email: row.email.clone(),
+            email_verified: row.email.is_some() && row.email_verified_at.is_some(),
             mfa_enabled: row.totp_secret.is_some(),
             is_active: row.is_active,
             date_joined: row.date_joined,
@@ -168,6 +172,9 @@ pub struct AuthService {
     sealer: Option<mfa::Sealer>,
     mfa_issuer: String,
     mfa_challenge_ttl: chrono::Duration,
+    /// `None` without `smtp-url` or `mail-dir`: no mail, `MAIL_UNAVAILABLE`.
+    mailer: Option<crate::mail::Mailer>,
+    accounts: accounts::AccountSettings,
 }
 
 impl AuthService {
@@ -197,6 +204,8 @@ impl AuthService {
             mfa_issuer: settings.mfa_issuer.clone(),
             mfa_challenge_ttl: chrono::Duration::from_std(settings.mfa_challenge_ttl)
                 .context("mfa-challenge-ttl too large")?,
+            mailer: crate::mail::Mailer::from_settings(settings)?,
+            accounts: accounts::AccountSettings::from_settings(settings)?,
             db,
             cache,
             clock,

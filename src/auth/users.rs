@@ -45,6 +45,8 @@ impl AuthService {
         let created = user::ActiveModel {
             username: Set(username.as_ref().to_owned()),
             email: Set(email.map(str::to_owned)),
+            // The operator vouches for the address.
+            email_verified_at: Set(email.map(|_| self.clock().now())),
             password_hash: Set(hash),
             is_active: Set(true),
             date_joined: Set(self.clock().now()),
@@ -126,6 +128,8 @@ impl AuthService {
     ) -> Result<u64, AuthError> {
         let txn = self.db().begin().await?;
         change.update(&txn).await?;
+        // A password set or an account deactivated kills its mailed links.
+        Self::kill_links(&txn, user_id).await?;
         let revoked = revocation::revoke_in(&txn, user_id, None).await?;
         txn.commit().await?;
         self.revoker().after_commit(user_id);

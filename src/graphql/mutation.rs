@@ -90,6 +90,35 @@ impl Mutation {
         Ok(issued.into())
     }
 
+    /// Mail a password-reset link to the account with this address, if there is one. Always true.
+    async fn request_password_reset(
+        &self,
+        ctx: &Context<'_>,
+        email: String,
+        #[graphql(secret)] captcha: Option<String>,
+    ) -> Result<bool, AuthError> {
+        let request = request(ctx)?;
+        request
+            .auth
+            .request_password_reset(&email, captcha.as_deref(), &request.client)
+            .await
+    }
+
+    /// Set a new password with a reset token. Every session ends; a fresh token is returned.
+    async fn reset_password(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(secret)] token: String,
+        #[graphql(secret)] new_password: String,
+    ) -> Result<AuthPayload, AuthError> {
+        let request = request(ctx)?;
+        let issued = request
+            .auth
+            .reset_password(&token, Password::new(&new_password), &request.client)
+            .await?;
+        Ok(issued.into())
+    }
+
     /// Second step of a login for a user with two-factor sign-in: the challenge from the MFA_REQUIRED error and a TOTP code or a recovery code.
     async fn verify_mfa(
         &self,

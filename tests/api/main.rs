@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod accounts;
 mod cache;
 mod captcha;
 mod change_password;

@@ -1,0 +1,276 @@
+//! Accounts by mail: requesting and doing a password reset (and, in later
+//! steps, registration, email verification and email change).
+//!
+//! A password reset reveals nothing about which addresses have accounts:
+//! `request_password_reset` does the same work on the request path for
+//! every address (the per-IP limit, the captcha) and hands the address to a
+//! task that looks it up, applies the per-address limit, issues the link
+//! and queues the mail after the answer is gone. `reset_password` consumes
+//! the link in the transaction that sets the password, so of two
+//! concurrent uses exactly one succeeds.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Expr, ExprTrait, Func};
+use sea_orm::{ColumnTrait as _, EntityTrait as _, QueryFilter as _, TransactionTrait as _};
+use secrecy::SecretString;
+
+use super::captcha::Verdict;
+use super::links::{invalid_link, Purpose};
+use super::passwords::Password;
+use super::tokens::Token;
+use super::{hashing_error, revocation, AuthService, ClientInfo, Issued};
+use crate::config::{EmailVerification, Registration, Settings};
+use crate::db::entities::user;
+use crate::error::AuthError;
+use crate::mail::{Mail, Template};
+use crate::metrics;
+
+/// The captcha's reCAPTCHA v3 action for a password reset.
+const RESET_ACTION: &str = "password_reset";
+
+/// The account settings, as the domain uses them.
+#[expect(dead_code, reason = "registration and verification read them next")]
+pub(super) struct AccountSettings {
+    pub registration: Registration,
+    pub verification: EmailVerification,
+    reset_url: Option<String>,
+    verify_url: Option<String>,
+    reset_ttl: chrono::Duration,
+    verify_ttl: chrono::Duration,
+}
+
+impl AccountSettings {
+    pub fn from_settings(settings: &Settings) -> anyhow::Result<Self> {
+        Ok(Self {
+            registration: settings.registration,
+            verification: settings.email_verification,
+            reset_url: settings.reset_url.clone(),
+            verify_url: settings.verify_url.clone(),
+            reset_ttl: chrono::Duration::from_std(settings.reset_token_ttl)
+                .context("reset-token-ttl too large")?,
+            verify_ttl: chrono::Duration::from_std(settings.verify_token_ttl)
+                .context("verify-token-ttl too large")?,
+        })
+    }
+
+    /// The link a mail carries: the template with the token, or the bare
+    /// token without a template.
+    fn link(&self, purpose: Purpose, token: &Token) -> SecretString {
+        let template = match purpose {
+            Purpose::Reset => self.reset_url.as_deref(),
+            Purpose::Verify | Purpose::EmailChange => self.verify_url.as_deref(),
+        };
+        match template {
+            Some(template) => template.replace("{token}", token.expose()).into(),
+            None => token.expose().to_owned().into(),
+        }
+    }
+}
+
+/// The users row whose address is `email`, compared as the unique index
+/// compares (SQL `LOWER` on both sides).
+fn by_email(email: &str) -> sea_orm::sea_query::SimpleExpr {
+    ExprTrait::eq(
+        Expr::expr(Func::lower(Expr::col(user::Column::Email))),
+        Func::lower(Expr::val(email)),
+    )
+}
+
+impl AuthService {
+    /// Answers `true` for any address after the same work; the lookup, the
+    /// per-address limit and the mail happen after the answer, in a task.
+    ///
+    /// # Errors
+    /// `MAIL_UNAVAILABLE` without a mailer, `RATE_LIMITED` per IP, a
+    /// captcha error: never one that depends on the address.
+    pub async fn request_password_reset(
+        self: &Arc<Self>,
+        email: &str,
+        captcha: Option<&str>,
+        client: &ClientInfo,
+    ) -> Result<bool, AuthError> {
+        if self.mailer.is_none() {
+            return Err(AuthError::MailUnavailable);
+        }
+        self.count_ip(client, "password reset").await?;
+        self.check_captcha_for(captcha, RESET_ACTION, client)
+            .await?;
+        let this = Arc::clone(self);
+        let email = email.trim().to_owned();
+        let client = client.clone();
+        tokio::spawn(async move {
+            if let Err(err) = this.send_reset_link(&email, &client).await {
+                tracing::error!(error = format!("{err:?}"), "password reset mail not sent");
+            }
+        });
+        Ok(true)
+    }
+
+    /// The part of a reset request that depends on the address.
+    async fn send_reset_link(&self, email: &str, client: &ClientInfo) -> Result<(), AuthError> {
+        let Some(mailer) = &self.mailer else {
+            return Ok(());
+        };
+        let account = user::Entity::find()
+            .filter(by_email(email))
+            .filter(user::Column::IsActive.eq(true))
+            .one(&self.db)
+            .await?;
+        let Some(account) = account else {
+            audit!(
+                "password_reset_requested",
+                client,
+                known = false,
+                "password reset requested for an address with no account"
+            );
+            return Ok(());
+        };
+        let Some(address) = account.email.clone() else {
+            return Ok(());
+        };
+        if !self
+            .throttle_store
+            .admit_address(&address.to_lowercase(), self.clock.now())
+            .await?
+        {
+            audit!(
+                "rate_limited",
+                client,
+                limit = "reset_address",
+                user_id = account.id,
+                "password reset mail not sent: 3 an hour per address"
+            );
+            return Ok(());
+        }
+        let token = self
+            .issue_link(
+                &self.db,
+                account.id,
+                Purpose::Reset,
+                Some(&address),
+                self.accounts.reset_ttl,
+            )
+            .await?;
+        mailer.send(Mail {
+            to: address,
+            template: Template::Reset,
+            username: account.username.clone(),
+            link: Some(self.accounts.link(Purpose::Reset, &token)),
+        });
+        audit!(
+            "password_reset_requested",
+            client,
+            known = true,
+            user_id = account.id,
+            "password reset link mailed"
+        );
+        Ok(())
+    }
+
+    /// Sets a new password with a reset link: the policy applies, every
+    /// session and link of the user ends, the backoff is cleared, the
+    /// address counts as verified (the link proved it), and a fresh session
+    /// is returned.
+    ///
+    /// # Errors
+    /// `BAD_USER_INPUT` with `INVALID_LINK_TOKEN` for a wrong, used or
+    /// expired link (or one whose user is gone or inactive), or with every
+    /// failed policy rule; `RATE_LIMITED` when hashing is saturated.
+    pub async fn reset_password(
+        &self,
+        token: &str,
+        new: Password,
+        client: &ClientInfo,
+    ) -> Result<Issued, AuthError> {
+        let link = self.find_link(token, Purpose::Reset).await?;
+        let account = user::Entity::find_by_id(link.user_id)
+            .filter(user::Column::IsActive.eq(true))
+            .one(&self.db)
+            .await?
+            .ok_or_else(invalid_link)?;
+        let new = self.check_policy(new, &account.username, None)?;
+        let hash = self.hasher.hash(&new).await.map_err(hashing_error)?;
+        let now = self.clock.now();
+
+        let txn = self.db.begin().await?;
+        Self::consume_link(&txn, &link, now).await?;
+        // Verified only if the address is still the one the link went to.
+        let verified_at = match (&account.email, &link.email) {
+            (Some(current), Some(mailed)) if current.eq_ignore_ascii_case(mailed) => {
+                Some(account.email_verified_at.unwrap_or(now))
+            }
+            _ => account.email_verified_at,
+        };
+        user::Entity::update_many()
+            .col_expr(user::Column::PasswordHash, Expr::value(hash.as_str()))
+            .col_expr(user::Column::FailedLogins, Expr::value(0))
+            .col_expr(
+                user::Column::LastFailedLogin,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .col_expr(user::Column::EmailVerifiedAt, Expr::value(verified_at))
+            .filter(user::Column::Id.eq(account.id))
+            .exec(&txn)
+            .await?;
+        Self::kill_links(&txn, account.id).await?;
+        let revoked = revocation::revoke_in(&txn, account.id, None).await?;
+        let account = user::Model {
+            password_hash: hash,
+            failed_logins: 0,
+            last_failed_login: None,
+            email_verified_at: verified_at,
+            ..account
+        };
+        let issued = self.issue(&txn, &account, client, now).await?;
+        txn.commit().await?;
+        self.revoker.after_commit(account.id);
+        metrics::revoked("reset_password", revoked);
+        audit!(
+            "password_reset",
+            client,
+            user_id = account.id,
+            revoked,
+            "password reset through a mailed link"
+        );
+        Ok(issued)
+    }
+
+    /// Counts a request against the per-IP login limit.
+    async fn count_ip(&self, client: &ClientInfo, what: &str) -> Result<(), AuthError> {
+        let now = self.clock.now();
+        // The username bucket is keyed by the IP too, so no global bucket
+        // is shared by everyone.
+        let key = format!("\u{0}{}", client.ip_text());
+        if let Err((limit, err)) = self.count_attempt(client.ip, &key, now).await? {
+            audit!("rate_limited", client, limit = ?limit, what, "refused by the per-IP limit");
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// The captcha, when one is configured, for a v3 `action`.
+    async fn check_captcha_for(
+        &self,
+        answer: Option<&str>,
+        action: &str,
+        client: &ClientInfo,
+    ) -> Result<(), AuthError> {
+        let Some(verifier) = &self.captcha else {
+            return Ok(());
+        };
+        let Some(answer) = answer.filter(|a| !a.is_empty()) else {
+            return Err(AuthError::CaptchaRequired);
+        };
+        match verifier.verify_for(answer, client.ip, action).await {
+            Verdict::Passed => Ok(()),
+            Verdict::Refused => {
+                audit!("captcha_refused", client, action, "captcha refused");
+                Err(AuthError::CaptchaInvalid)
+            }
+            Verdict::Unavailable => Err(AuthError::CaptchaUnavailable),
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! Accounts by mail, read back from `--mail-dir`: a password reset asked
+//! for a known and an unknown address gets byte-identical answers, mails
+//! only the known one, and its link works once, expires, dies when a newer
+//! one is mailed, and sets a password that ends every session.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use authql::auth::passwords::Password;
+use authql::config::{EmailVerification, SettingError};
+use authql::startup::App;
+use serde_json::{json, Value};
+
+use crate::helpers::{
+    error_code, error_reason, error_reasons, spawn_app_with, test_settings, TestApp, TestUser,
+};
+
+const REQUEST: &str = "mutation($e: String!) { requestPasswordReset(email: $e) }";
+const RESET: &str = "mutation($t: String!, $p: String!) { resetPassword(token: $t, newPassword: $p) { token user { username emailVerified } } }";
+const NEW_PASSWORD: &str = "a fresh passphrase after the reset";
+
+/// A server writing its mails into a temporary directory.
+async fn spawn_with_mail() -> (TestApp, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().to_owned();
+    let app = spawn_app_with(|s| {
+        s.mail_dir = Some(path);
+        s.email_verification = EmailVerification::Optional;
+        s.reset_url = Some("https://app.example.test/reset?token={token}".into());
+    })
+    .await;
+    (app, dir)
+}
+
+/// A user whose address is `email`.
+async fn user_with_email(app: &TestApp, email: &str) -> TestUser {
+    let user = TestUser {
+        username: format!("user_{}", crate::helpers::random_text(10).to_lowercase()),
+        password: "an old passphrase that is long enough".into(),
+    };
+    app.auth
+        .create_user(&user.username, Some(email), Password::new(&user.password))
+        .await
+        .expect("user created");
+    user
+}
+
+fn mails(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+/// Waits (up to 10 s) until `count` mails are in `dir`; returns their text,
+/// with quoted-printable soft breaks and `=3D` undone.
+async fn wait_for_mails(dir: &Path, count: usize) -> Vec<String> {
+    for _ in 0..200 {
+        let found = mails(dir);
+        if found.len() >= count {
+            return found
+                .iter()
+                .map(|p| {
+                    std::fs::read_to_string(p)
+                        .expect("mail readable")
+                        .replace("=\r\n", "")
+                        .replace("=3D", "=")
+                })
+                .collect();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "expected {count} mails in {}, found {}",
+        dir.display(),
+        mails(dir).len()
+    );
+}
+
+/// The first token with `prefix` in a mail.
+fn token_in(mail: &str, prefix: &str) -> String {
+    let start = mail.find(prefix).expect("a token in the mail");
+    mail[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect()
+}
+
+async fn request_reset(app: &TestApp, email: &str) -> Value {
+    app.graphql(REQUEST, json!({ "e": email }), None).await
+}
+
+async fn reset(app: &TestApp, token: &str, password: &str) -> Value {
+    app.graphql(RESET, json!({ "t": token, "p": password }), None)
+        .await
+}
+
+#[tokio::test]
+async fn a_mailed_reset_link_sets_the_password_ends_every_session_and_verifies_the_address() {
+    let (app, dir) = spawn_with_mail().await;
+    let user = user_with_email(&app, "Reset.Me@Example.com").await;
+    let old_session = app.login(&user).await;
+
+    let body = request_reset(&app, "reset.me@example.COM").await;
+    assert_eq!(body["data"]["requestPasswordReset"], true, "{body}");
+    let mail = wait_for_mails(dir.path(), 1).await.remove(0);
+    assert!(mail.contains("To: Reset.Me@Example.com"), "{mail}");
+    assert!(mail.contains("Content-Type: text/plain"));
+    assert!(mail.contains("Content-Type: text/html"));
+    assert!(mail.contains("https://app.example.test/reset?token=aqr_"));
+    let token = token_in(&mail, "aqr_");
+
+    let body = reset(&app, &token, NEW_PASSWORD).await;
+
+    let fresh = body["data"]["resetPassword"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("reset failed: {body}"));
+    assert_eq!(body["data"]["resetPassword"]["user"]["emailVerified"], true);
+    assert!(app.me(fresh).await["data"]["me"].is_object());
+    assert_eq!(error_reason(&app.me(&old_session).await), "INVALID_TOKEN");
+    assert_eq!(
+        error_code(&app.login_as(&user.username, &user.password).await),
+        "INVALID_CREDENTIALS"
+    );
+    assert!(app.login_as(&user.username, NEW_PASSWORD).await["data"]["login"]["token"].is_string());
+}
+
+#[tokio::test]
+async fn known_and_unknown_addresses_get_byte_identical_answers_and_only_the_known_one_a_mail() {
+    let (app, dir) = spawn_with_mail().await;
+    user_with_email(&app, "known@example.com").await;
+    let raw = |email: &str| {
+        let request = app
+            .client
+            .post(app.url("/graphql"))
+            .json(&json!({ "query": REQUEST, "variables": { "e": email } }));
+        async move {
+            request
+                .send()
+                .await
+                .expect("sent")
+                .bytes()
+                .await
+                .expect("body")
+        }
+    };
+
+    let known = raw("known@example.com").await;
+    let unknown = raw("nobody@example.com").await;
+
+    assert_eq!(known, unknown);
+    let mails = wait_for_mails(dir.path(), 1).await;
+    // Give a (wrong) mail to the unknown address time to appear.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(self::mails(dir.path()).len(), 1);
+    assert!(mails[0].contains("To: known@example.com"));
+}
+
+#[tokio::test]
+async fn a_reset_link_works_once_and_wrong_used_and_expired_links_get_one_answer() {
+    let (app, dir) = spawn_with_mail().await;
+    let user = user_with_email(&app, "once@example.com").await;
+    request_reset(&app, "once@example.com").await;
+    let token = token_in(&wait_for_mails(dir.path(), 1).await[0], "aqr_");
+
+    assert!(reset(&app, &token, NEW_PASSWORD).await["data"]["resetPassword"].is_object());
+    let used = reset(&app, &token, "yet another passphrase for this").await;
+    let wrong = reset(&app, "aqr_not-a-token", NEW_PASSWORD).await;
+    request_reset(&app, "once@example.com").await;
+    let second = token_in(&wait_for_mails(dir.path(), 2).await[1], "aqr_");
+    app.clock.advance(Duration::from_secs(3601));
+    let expired = reset(&app, &second, "yet another passphrase for this").await;
+
+    for body in [&used, &wrong, &expired] {
+        assert_eq!(error_code(body), "BAD_USER_INPUT", "{body}");
+        assert_eq!(error_reasons(body), ["INVALID_LINK_TOKEN"]);
+    }
+    assert_eq!(
+        used["errors"][0]["message"],
+        expired["errors"][0]["message"]
+    );
+    assert!(app.login_as(&user.username, NEW_PASSWORD).await["data"]["login"].is_object());
+}
+
+#[tokio::test]
+async fn a_newer_link_kills_the_older_and_a_refused_password_keeps_the_link() {
+    let (app, dir) = spawn_with_mail().await;
+    user_with_email(&app, "twice@example.com").await;
+    request_reset(&app, "twice@example.com").await;
+    let first = token_in(&wait_for_mails(dir.path(), 1).await[0], "aqr_");
+    request_reset(&app, "twice@example.com").await;
+    let mails = wait_for_mails(dir.path(), 2).await;
+    let second = mails
+        .iter()
+        .map(|m| token_in(m, "aqr_"))
+        .find(|t| *t != first)
+        .expect("a second link");
+
+    assert_eq!(
+        error_reasons(&reset(&app, &first, NEW_PASSWORD).await),
+        ["INVALID_LINK_TOKEN"]
+    );
+    let weak = reset(&app, &second, "password").await;
+    assert_eq!(error_code(&weak), "BAD_USER_INPUT");
+    assert!(!error_reasons(&weak).contains(&"INVALID_LINK_TOKEN".to_owned()));
+    assert!(reset(&app, &second, NEW_PASSWORD).await["data"]["resetPassword"].is_object());
+}
+
+#[tokio::test]
+async fn two_concurrent_resets_with_one_link_give_one_success() {
+    let (app, dir) = spawn_with_mail().await;
+    user_with_email(&app, "race@example.com").await;
+    request_reset(&app, "race@example.com").await;
+    let token = token_in(&wait_for_mails(dir.path(), 1).await[0], "aqr_");
+
+    let (a, b) = tokio::join!(
+        reset(&app, &token, NEW_PASSWORD),
+        reset(&app, &token, "the other racer's passphrase here")
+    );
+
+    let wins = [&a, &b]
+        .iter()
+        .filter(|body| body["data"]["resetPassword"].is_object())
+        .count();
+    assert_eq!(wins, 1, "{a} {b}");
+    let loser = if a["data"]["resetPassword"].is_object() {
+        &b
+    } else {
+        &a
+    };
+    assert_eq!(error_reasons(loser), ["INVALID_LINK_TOKEN"]);
+}
+
+#[tokio::test]
+async fn an_address_gets_at_most_three_reset_mails_an_hour_and_every_answer_is_true() {
+    let (app, dir) = spawn_with_mail().await;
+    user_with_email(&app, "flood@example.com").await;
+
+    for _ in 0..5 {
+        let body = request_reset(&app, "flood@example.com").await;
+        assert_eq!(body["data"]["requestPasswordReset"], true);
+    }
+
+    wait_for_mails(dir.path(), 3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(mails(dir.path()).len(), 3);
+}
+
+#[tokio::test]
+async fn without_a_mailer_a_reset_is_mail_unavailable() {
+    let app = spawn_app_with(|_| {}).await;
+
+    let body = request_reset(&app, "anyone@example.com").await;
+
+    assert_eq!(error_code(&body), "MAIL_UNAVAILABLE");
+}
+
+#[tokio::test]
+async fn required_verification_without_a_mailer_refuses_to_start_naming_the_flag() {
+    let mut settings = test_settings();
+    settings.email_verification = EmailVerification::Required;
+
+    let err = App::build(settings).await.err().expect("refused");
+
+    let setting = err.downcast_ref::<SettingError>().expect("a setting error");
+    assert_eq!(setting.flag(), "--email-verification");
+}
+
+#[tokio::test]
+async fn a_changed_password_kills_a_mailed_reset_link() {
+    let (app, dir) = spawn_with_mail().await;
+    let user = user_with_email(&app, "change@example.com").await;
+    let session = app.login(&user).await;
+    request_reset(&app, "change@example.com").await;
+    let token = token_in(&wait_for_mails(dir.path(), 1).await[0], "aqr_");
+
+    let changed = app
+        .graphql(
+            "mutation($o: String!, $n: String!) { changePassword(oldPassword: $o, newPassword: $n) { token } }",
+            json!({ "o": user.password, "n": NEW_PASSWORD }),
+            Some(&session),
+        )
+        .await;
+    assert!(changed["data"]["changePassword"].is_object(), "{changed}");
+
+    assert_eq!(
+        error_reasons(&reset(&app, &token, "yet another passphrase for this").await),
+        ["INVALID_LINK_TOKEN"]
+    );
+}
+
+/// Users made before the accounts step, sharing addresses in any case.
+const BEFORE_ACCOUNTS: u32 = 4;
+
+#[tokio::test]
+async fn upgrading_a_database_with_duplicate_emails_keeps_the_oldest_holder_of_each() {
+    use migration::MigratorTrait as _;
+    use sea_orm::{ConnectionTrait as _, Database, Statement};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
+    let db = Database::connect(&url).await.expect("connects");
+    migration::Migrator::up(&db, Some(BEFORE_ACCOUNTS))
+        .await
+        .expect("old steps");
+    for (name, email) in [
+        ("first", Some("Shared@Example.com")),
+        ("second", Some("shared@example.com")),
+        ("third", Some("SHARED@EXAMPLE.COM")),
+        ("other", Some("other@example.com")),
+        ("none", None),
+    ] {
+        db.execute_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            "INSERT INTO users (username, email, password_hash, is_active, date_joined) \
+             VALUES ($1, $2, 'x', TRUE, '2025-01-01T00:00:00Z')",
+            [name.into(), email.map(str::to_owned).into()],
+        ))
+        .await
+        .expect("old user inserted");
+    }
+
+    migration::Migrator::up(&db, None).await.expect("upgrade");
+
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT username, email, email_verified_at IS NOT NULL AS verified FROM users ORDER BY id",
+        ))
+        .await
+        .expect("read back");
+    let got: Vec<(String, Option<String>, bool)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.try_get("", "username").unwrap(),
+                r.try_get("", "email").unwrap(),
+                r.try_get("", "verified").unwrap(),
+            )
+        })
+        .collect();
+    let want = [
+        ("first", Some("Shared@Example.com"), true),
+        ("second", None, false),
+        ("third", None, false),
+        ("other", Some("other@example.com"), true),
+        ("none", None, false),
+    ]
+    .map(|(n, e, v)| (n.to_owned(), e.map(str::to_owned), v));
+    assert_eq!(got, want);
+    // The index now refuses a new duplicate in another case.
+    let duplicate = db
+        .execute_unprepared(
+            "INSERT INTO users (username, email, password_hash, is_active, date_joined) \
+             VALUES ('fourth', 'OTHER@example.com', 'x', TRUE, '2025-01-01T00:00:00Z')",
+        )
+        .await;
+    assert!(duplicate.is_err());
+}
