@@ -1,5 +1,6 @@
-//! Accounts by mail: requesting and doing a password reset (and, in later
-//! steps, registration, email verification and email change).
+//! Accounts by mail: registration, email verification, requesting and
+//! doing a password reset, and (in `verify_email`) following an email
+//! change's link.
 //!
 //! A password reset reveals nothing about which addresses have accounts:
 //! `request_password_reset` does the same work on the request path for
@@ -14,16 +15,21 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, Func};
-use sea_orm::{ColumnTrait as _, EntityTrait as _, QueryFilter as _, TransactionTrait as _};
+use sea_orm::{
+    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait as _, EntityTrait as _, QueryFilter as _,
+    TransactionTrait as _,
+};
 use secrecy::SecretString;
 
 use super::captcha::Verdict;
 use super::links::{invalid_link, Purpose};
 use super::passwords::Password;
 use super::tokens::Token;
-use super::{hashing_error, revocation, AuthService, ClientInfo, Issued};
+use super::username::Username;
+use super::users::{self, Taken};
+use super::{hashing_error, revocation, AuthService, ClientInfo, Issued, Principal};
 use crate::config::{EmailVerification, Registration, Settings};
-use crate::db::entities::user;
+use crate::db::entities::{link_token, user};
 use crate::error::AuthError;
 use crate::mail::{Mail, Template};
 use crate::metrics;
@@ -32,7 +38,6 @@ use crate::metrics;
 const RESET_ACTION: &str = "password_reset";
 
 /// The account settings, as the domain uses them.
-#[expect(dead_code, reason = "registration and verification read them next")]
 pub(super) struct AccountSettings {
     pub registration: Registration,
     pub verification: EmailVerification,
@@ -272,5 +277,273 @@ impl AuthService {
             }
             Verdict::Unavailable => Err(AuthError::CaptchaUnavailable),
         }
+    }
+}
+
+/// What `register` answers: the same shape for a fresh and (under
+/// `required`) a taken address.
+#[derive(Debug)]
+pub struct Registered {
+    /// A session when the account may sign in at once.
+    pub session: Option<Issued>,
+    /// A verification link was mailed.
+    pub verification_sent: bool,
+}
+
+/// The captcha's reCAPTCHA v3 action for a registration.
+const REGISTER_ACTION: &str = "register";
+
+impl AuthService {
+    /// Creates an account while registration is open: the username rules,
+    /// the password policy, the captcha and the per-IP limit apply. Under
+    /// `email-verification required` a taken address gets the answer a
+    /// fresh one gets and its owner a notice, so no address is revealed.
+    ///
+    /// # Errors
+    /// `REGISTRATION_CLOSED`, `RATE_LIMITED`, a captcha error,
+    /// `BAD_USER_INPUT` (username rules, `INVALID_EMAIL`, policy,
+    /// `USERNAME_TAKEN`, `EMAIL_TAKEN` outside `required`).
+    pub async fn register(
+        &self,
+        username: &str,
+        email: &str,
+        password: Password,
+        captcha: Option<&str>,
+        client: &ClientInfo,
+    ) -> Result<Registered, AuthError> {
+        if self.accounts.registration != Registration::Open {
+            return Err(AuthError::RegistrationClosed);
+        }
+        self.count_ip(client, "register").await?;
+        self.check_captcha_for(captcha, REGISTER_ACTION, client)
+            .await?;
+        let verification = self.accounts.verification;
+        if verification != EmailVerification::Off && self.mailer.is_none() {
+            return Err(AuthError::MailUnavailable);
+        }
+        let name = Username::parse(username).map_err(|reasons| {
+            AuthError::bad_input(
+                "the username must be 1 to 150 letters, digits or @.+-_",
+                reasons.into_iter().map(str::to_owned).collect(),
+            )
+        })?;
+        let email = email.trim();
+        if !users::looks_like_email(email) {
+            return Err(AuthError::bad_input(
+                "the email address is not valid",
+                vec!["INVALID_EMAIL".into()],
+            ));
+        }
+        let password = self.check_policy(password, name.as_ref(), None)?;
+        let hash = self.hasher.hash(&password).await.map_err(hashing_error)?;
+        let now = self.clock.now();
+        let txn = self.db.begin().await?;
+        let inserted = user::ActiveModel {
+            username: Set(name.as_ref().to_owned()),
+            email: Set(Some(email.to_owned())),
+            email_verified_at: Set(None),
+            password_hash: Set(hash),
+            is_active: Set(true),
+            date_joined: Set(now),
+            failed_logins: Set(0),
+            ..Default::default()
+        }
+        .insert(&txn)
+        .await;
+        let account = match inserted {
+            Ok(account) => account,
+            Err(err) => {
+                drop(txn);
+                return match users::taken(&err) {
+                    Some(Taken::Email) if verification == EmailVerification::Required => {
+                        self.notify_taken(email, client).await?;
+                        Ok(Registered {
+                            session: None,
+                            verification_sent: true,
+                        })
+                    }
+                    Some(Taken::Email) => Err(AuthError::bad_input(
+                        "the email address belongs to another account",
+                        vec!["EMAIL_TAKEN".into()],
+                    )),
+                    Some(Taken::Username) => Err(AuthError::bad_input(
+                        format!("the username {} is taken", name.as_ref()),
+                        vec!["USERNAME_TAKEN".into()],
+                    )),
+                    None => Err(err.into()),
+                };
+            }
+        };
+        let verification_sent = if verification == EmailVerification::Off {
+            false
+        } else {
+            self.mail_verification(&txn, &account).await?;
+            true
+        };
+        let session = if verification == EmailVerification::Required {
+            None
+        } else {
+            Some(self.issue(&txn, &account, client, now).await?)
+        };
+        txn.commit().await?;
+        audit!(
+            "registered",
+            client,
+            user_id = account.id,
+            username = account.username.as_str(),
+            "account registered"
+        );
+        Ok(Registered {
+            session,
+            verification_sent,
+        })
+    }
+
+    /// Mails the owner of a taken address that someone tried to register it.
+    async fn notify_taken(&self, email: &str, client: &ClientInfo) -> Result<(), AuthError> {
+        let owner = user::Entity::find()
+            .filter(by_email(email))
+            .one(&self.db)
+            .await?;
+        if let (Some(owner), Some(mailer)) = (owner, &self.mailer) {
+            if let Some(address) = owner.email.clone() {
+                mailer.send(Mail {
+                    to: address,
+                    template: Template::AddressTaken,
+                    username: owner.username.clone(),
+                    link: None,
+                });
+                audit!(
+                    "registration_address_taken",
+                    client,
+                    user_id = owner.id,
+                    "registration with a taken address; its owner notified"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Issues a verification link for the account's address and queues it.
+    async fn mail_verification<C: sea_orm::ConnectionTrait>(
+        &self,
+        conn: &C,
+        account: &user::Model,
+    ) -> Result<(), AuthError> {
+        let (Some(mailer), Some(address)) = (&self.mailer, account.email.clone()) else {
+            return Err(AuthError::MailUnavailable);
+        };
+        let token = self
+            .issue_link(
+                conn,
+                account.id,
+                Purpose::Verify,
+                Some(&address),
+                self.accounts.verify_ttl,
+            )
+            .await?;
+        mailer.send(Mail {
+            to: address,
+            template: Template::Verify,
+            username: account.username.clone(),
+            link: Some(self.accounts.link(Purpose::Verify, &token)),
+        });
+        Ok(())
+    }
+
+    /// Follows a verification link (`aqv_`: the address is verified) or an
+    /// email-change link (`aqe_`: the address becomes the new one, verified).
+    ///
+    /// # Errors
+    /// `BAD_USER_INPUT` with `INVALID_LINK_TOKEN` for a wrong, used or
+    /// expired link, or one whose address is no longer the account's (or
+    /// now another account's).
+    pub async fn verify_email(&self, token: &str, client: &ClientInfo) -> Result<bool, AuthError> {
+        let purpose = if token.starts_with(Purpose::EmailChange.prefix()) {
+            Purpose::EmailChange
+        } else {
+            Purpose::Verify
+        };
+        let link = self.find_link(token, purpose).await?;
+        let mailed = link.email.clone().ok_or_else(invalid_link)?;
+        let now = self.clock.now();
+        let txn = self.db.begin().await?;
+        Self::consume_link(&txn, &link, now).await?;
+        let mut update = user::Entity::update_many()
+            .col_expr(user::Column::EmailVerifiedAt, Expr::value(now))
+            .filter(user::Column::Id.eq(link.user_id));
+        if purpose == Purpose::EmailChange {
+            update = update.col_expr(user::Column::Email, Expr::value(mailed.as_str()));
+        } else {
+            // Only while the address is still the one the link went to.
+            update = update.filter(by_email(&mailed));
+        }
+        let changed = match update.exec(&txn).await {
+            Ok(result) => result.rows_affected,
+            Err(err) if users::taken(&err).is_some() => return Err(invalid_link()),
+            Err(err) => return Err(err.into()),
+        };
+        if changed != 1 {
+            return Err(invalid_link());
+        }
+        if purpose == Purpose::EmailChange {
+            // The old address's verification links are for nothing now.
+            link_token::Entity::delete_many()
+                .filter(link_token::Column::UserId.eq(link.user_id))
+                .filter(link_token::Column::Purpose.eq("verify"))
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        // Cached entries carry the old address: drop them so this instance
+        // reads the new one (other instances within `cache-ttl`).
+        self.cache.revoke_user(link.user_id);
+        if purpose == Purpose::EmailChange {
+            audit!(
+                "email_changed",
+                client,
+                user_id = link.user_id,
+                "email address changed"
+            );
+        } else {
+            audit!(
+                "email_verified",
+                client,
+                user_id = link.user_id,
+                "email address verified"
+            );
+        }
+        Ok(true)
+    }
+
+    /// Mails a fresh verification link to the signed-in user's unverified
+    /// address; `false` when there is nothing to verify.
+    ///
+    /// # Errors
+    /// `MAIL_UNAVAILABLE` without a mailer, `RATE_LIMITED` per IP.
+    pub async fn resend_verification(
+        &self,
+        principal: &Principal,
+        client: &ClientInfo,
+    ) -> Result<bool, AuthError> {
+        if self.mailer.is_none() {
+            return Err(AuthError::MailUnavailable);
+        }
+        self.count_ip(client, "resend verification").await?;
+        let account = user::Entity::find_by_id(principal.user.id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| self.revoker.session_gone(principal))?;
+        if account.email.is_none() || account.email_verified_at.is_some() {
+            return Ok(false);
+        }
+        self.mail_verification(&self.db, &account).await?;
+        audit!(
+            "verification_resent",
+            client,
+            user_id = account.id,
+            "verification link mailed"
+        );
+        Ok(true)
     }
 }

@@ -35,6 +35,7 @@ pub mod tokens;
 pub mod username;
 pub mod users;
 
+pub use accounts::Registered;
 pub use mfa::TotpEnrollment;
 pub use passwords::Password;
 

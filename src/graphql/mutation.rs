@@ -3,7 +3,7 @@
 use async_graphql::{Context, Object, ID};
 
 use super::context::request;
-use super::types::{AuthPayload, TotpEnrollment};
+use super::types::{AuthPayload, RegisterPayload, TotpEnrollment};
 use crate::auth::Password;
 use crate::error::AuthError;
 
@@ -88,6 +88,49 @@ impl Mutation {
             .await
             .map_err(AuthError::for_current_password)?;
         Ok(issued.into())
+    }
+
+    /// Create an account (only while registration is open).
+    async fn register(
+        &self,
+        ctx: &Context<'_>,
+        username: String,
+        email: String,
+        #[graphql(secret)] password: String,
+        #[graphql(secret)] captcha: Option<String>,
+    ) -> Result<RegisterPayload, AuthError> {
+        let request = request(ctx)?;
+        let registered = request
+            .auth
+            .register(
+                &username,
+                &email,
+                Password::new(&password),
+                captcha.as_deref(),
+                &request.client,
+            )
+            .await?;
+        Ok(registered.into())
+    }
+
+    /// Confirm an email address with the token from the link mailed to it.
+    async fn verify_email(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(secret)] token: String,
+    ) -> Result<bool, AuthError> {
+        let request = request(ctx)?;
+        request.auth.verify_email(&token, &request.client).await
+    }
+
+    /// Mail a fresh verification link to the signed-in user's unverified address.
+    async fn resend_verification(&self, ctx: &Context<'_>) -> Result<bool, AuthError> {
+        let request = request(ctx)?;
+        let principal = request.principal().await?;
+        request
+            .auth
+            .resend_verification(&principal, &request.client)
+            .await
     }
 
     /// Mail a password-reset link to the account with this address, if there is one. Always true.

@@ -116,3 +116,21 @@ impl From<auth::TotpEnrollment> for TotpEnrollment {
         }
     }
 }
+
+/// The answer to register.
+#[derive(SimpleObject)]
+pub struct RegisterPayload {
+    /// The new session when the account may sign in at once; null while its email must be verified first.
+    pub session: Option<AuthPayload>,
+    /// True when a verification link was mailed.
+    pub verification_sent: bool,
+}
+
+impl From<auth::Registered> for RegisterPayload {
+    fn from(registered: auth::Registered) -> Self {
+        Self {
+            session: registered.session.map(AuthPayload::from),
+            verification_sent: registered.verification_sent,
+        }
+    }
+}

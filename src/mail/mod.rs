@@ -34,6 +34,14 @@ const FIRST_RETRY: Duration = Duration::from_millis(500);
 pub enum Template {
     /// A link to `resetPassword`.
     Reset,
+    /// A link to `verifyEmail` after registering (or `resendVerification`).
+    Verify,
+    /// To the owner of an address someone tried to register again.
+    AddressTaken,
+    /// A link to `verifyEmail`, to the new address of an email change.
+    EmailChange,
+    /// To the old address of an email change.
+    EmailChangeNotice,
 }
 
 impl Template {
@@ -44,12 +52,36 @@ impl Template {
                 include_str!("../../templates/reset.txt"),
                 include_str!("../../templates/reset.html"),
             ),
+            Self::Verify => (
+                "Confirm your email address",
+                include_str!("../../templates/verify.txt"),
+                include_str!("../../templates/verify.html"),
+            ),
+            Self::AddressTaken => (
+                "Someone tried to register with your email address",
+                include_str!("../../templates/address_taken.txt"),
+                include_str!("../../templates/address_taken.html"),
+            ),
+            Self::EmailChange => (
+                "Confirm your new email address",
+                include_str!("../../templates/email_change.txt"),
+                include_str!("../../templates/email_change.html"),
+            ),
+            Self::EmailChangeNotice => (
+                "Your email address is being changed",
+                include_str!("../../templates/email_change_notice.txt"),
+                include_str!("../../templates/email_change_notice.html"),
+            ),
         }
     }
 
     fn label(self) -> &'static str {
         match self {
             Self::Reset => "reset",
+            Self::Verify => "verify",
+            Self::AddressTaken => "address_taken",
+            Self::EmailChange => "email_change",
+            Self::EmailChangeNotice => "email_change_notice",
         }
     }
 }

@@ -364,3 +364,168 @@ async fn upgrading_a_database_with_duplicate_emails_keeps_the_oldest_holder_of_e
         .await;
     assert!(duplicate.is_err());
 }
+
+const REGISTER: &str = "mutation($u: String!, $e: String!, $p: String!) { register(username: $u, email: $e, password: $p) { session { token user { username emailVerified } } verificationSent } }";
+const VERIFY: &str = "mutation($t: String!) { verifyEmail(token: $t) }";
+const REGISTERED_PASSWORD: &str = "a registered passphrase, long enough";
+
+async fn spawn_open(verification: EmailVerification) -> (TestApp, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().to_owned();
+    let app = spawn_app_with(|s| {
+        s.mail_dir = Some(path);
+        s.email_verification = verification;
+        s.registration = authql::config::Registration::Open;
+        s.verify_url = Some("https://app.example.test/verify?token={token}".into());
+    })
+    .await;
+    (app, dir)
+}
+
+async fn register(app: &TestApp, username: &str, email: &str) -> Value {
+    app.graphql(
+        REGISTER,
+        json!({ "u": username, "e": email, "p": REGISTERED_PASSWORD }),
+        None,
+    )
+    .await
+}
+
+async fn verify(app: &TestApp, token: &str) -> Value {
+    app.graphql(VERIFY, json!({ "t": token }), None).await
+}
+
+#[tokio::test]
+async fn registration_is_closed_by_default() {
+    let (app, _dir) = spawn_with_mail().await;
+
+    let body = register(&app, "newcomer", "newcomer@example.com").await;
+
+    assert_eq!(error_code(&body), "REGISTRATION_CLOSED");
+}
+
+#[tokio::test]
+async fn under_optional_a_registered_account_signs_in_at_once_and_its_link_verifies_the_address() {
+    let (app, dir) = spawn_open(EmailVerification::Optional).await;
+
+    let body = register(&app, "Newcomer", "newcomer@example.com").await;
+
+    let payload = &body["data"]["register"];
+    assert_eq!(payload["verificationSent"], true, "{body}");
+    assert_eq!(payload["session"]["user"]["username"], "newcomer");
+    assert_eq!(payload["session"]["user"]["emailVerified"], false);
+    let session = payload["session"]["token"].as_str().expect("a session");
+    let mail = wait_for_mails(dir.path(), 1).await.remove(0);
+    assert!(mail.contains("To: newcomer@example.com"));
+    assert!(mail.contains("https://app.example.test/verify?token=aqv_"));
+    let token = token_in(&mail, "aqv_");
+    assert_eq!(verify(&app, &token).await["data"]["verifyEmail"], true);
+    let me = app
+        .graphql("{ me { emailVerified } }", json!({}), Some(session))
+        .await;
+    assert_eq!(me["data"]["me"]["emailVerified"], true, "{me}");
+    assert_eq!(
+        error_reasons(&verify(&app, &token).await),
+        ["INVALID_LINK_TOKEN"]
+    );
+}
+
+#[tokio::test]
+async fn taken_usernames_and_addresses_in_any_case_are_refused_outside_required() {
+    let (app, _dir) = spawn_open(EmailVerification::Optional).await;
+    register(&app, "first", "First@Example.com").await;
+
+    let same_name = register(&app, "FIRST", "other@example.com").await;
+    let same_address = register(&app, "second", "first@example.COM").await;
+    let bad_name = register(&app, "no spaces allowed", "third@example.com").await;
+    let bad_email = register(&app, "fourth", "not-an-address").await;
+
+    assert_eq!(error_reasons(&same_name), ["USERNAME_TAKEN"]);
+    assert_eq!(error_reasons(&same_address), ["EMAIL_TAKEN"]);
+    assert_eq!(error_code(&bad_name), "BAD_USER_INPUT");
+    assert_eq!(error_reasons(&bad_email), ["INVALID_EMAIL"]);
+}
+
+#[tokio::test]
+async fn under_required_a_login_waits_for_the_link_and_a_taken_address_reveals_nothing() {
+    let (app, dir) = spawn_open(EmailVerification::Required).await;
+    let owner = user_with_email(&app, "owner@example.com").await;
+    let raw = |username: &'static str, email: &'static str| {
+        let request = app.client.post(app.url("/graphql")).json(&json!({
+            "query": REGISTER,
+            "variables": { "u": username, "e": email, "p": REGISTERED_PASSWORD },
+        }));
+        async move {
+            request
+                .send()
+                .await
+                .expect("sent")
+                .bytes()
+                .await
+                .expect("body")
+        }
+    };
+
+    let fresh = raw("fresh", "fresh@example.com").await;
+    let taken = raw("intruder", "OWNER@example.com").await;
+
+    assert_eq!(fresh, taken);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&fresh).unwrap()["data"]["register"],
+        json!({ "session": null, "verificationSent": true })
+    );
+    let mails = wait_for_mails(dir.path(), 2).await;
+    let notice = mails
+        .iter()
+        .find(|m| m.contains("To: owner@example.com"))
+        .expect("the owner is told");
+    assert!(notice.contains("already belongs to your account"));
+    assert!(!notice.contains("aqv_"));
+    let link = mails
+        .iter()
+        .find(|m| m.contains("To: fresh@example.com"))
+        .map(|m| token_in(m, "aqv_"))
+        .expect("the fresh address gets a link");
+    let login = app.login_as("fresh", REGISTERED_PASSWORD).await;
+    assert_eq!(error_code(&login), "EMAIL_NOT_VERIFIED");
+    assert_eq!(
+        error_code(&app.login_as("fresh", "a wrong passphrase entirely").await),
+        "INVALID_CREDENTIALS"
+    );
+    assert_eq!(verify(&app, &link).await["data"]["verifyEmail"], true);
+    assert!(app.login_as("fresh", REGISTERED_PASSWORD).await["data"]["login"].is_object());
+    // The operator-made owner counts as verified and signs in.
+    assert!(app.login(&owner).await.starts_with("aql_"));
+}
+
+#[tokio::test]
+async fn resending_a_verification_link_kills_the_older_one() {
+    let (app, dir) = spawn_open(EmailVerification::Optional).await;
+    let body = register(&app, "resender", "resender@example.com").await;
+    let session = body["data"]["register"]["session"]["token"]
+        .as_str()
+        .expect("a session")
+        .to_owned();
+    let first = token_in(&wait_for_mails(dir.path(), 1).await[0], "aqv_");
+
+    let resent = app
+        .graphql("mutation { resendVerification }", json!({}), Some(&session))
+        .await;
+
+    assert_eq!(resent["data"]["resendVerification"], true, "{resent}");
+    let second = wait_for_mails(dir.path(), 2)
+        .await
+        .iter()
+        .map(|m| token_in(m, "aqv_"))
+        .find(|t| *t != first)
+        .expect("a second link");
+    assert_eq!(
+        error_reasons(&verify(&app, &first).await),
+        ["INVALID_LINK_TOKEN"]
+    );
+    assert_eq!(verify(&app, &second).await["data"]["verifyEmail"], true);
+    let again = app
+        .graphql("mutation { resendVerification }", json!({}), Some(&session))
+        .await;
+    assert_eq!(again["data"]["resendVerification"], false);
+}
