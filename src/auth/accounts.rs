@@ -547,3 +547,124 @@ impl AuthService {
         Ok(true)
     }
 }
+
+impl AuthService {
+    /// Starts an email change after checking the password (counted by the
+    /// account backoff): mails a link to the new address and a notice to
+    /// the old one. The address changes when the link is followed
+    /// (`verify_email`).
+    ///
+    /// # Errors
+    /// `MAIL_UNAVAILABLE`, `RATE_LIMITED`, `INVALID_CREDENTIALS`,
+    /// `BAD_USER_INPUT` (`INVALID_EMAIL`, or `EMAIL_TAKEN` outside
+    /// `required`), `UNAUTHENTICATED` when the session was revoked.
+    pub async fn change_email(
+        &self,
+        principal: &Principal,
+        password: &Password,
+        new_email: &str,
+        client: &ClientInfo,
+    ) -> Result<bool, AuthError> {
+        let Some(mailer) = &self.mailer else {
+            return Err(AuthError::MailUnavailable);
+        };
+        let now = self.clock.now();
+        let account = user::Entity::find_by_id(principal.user.id)
+            .filter(user::Column::IsActive.eq(true))
+            .filter(revocation::session_alive(principal))
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| self.revoker.session_gone(principal))?;
+        if let Err((limit, err)) = self
+            .count_attempt(client.ip, &account.username, now)
+            .await?
+        {
+            audit!("rate_limited", client, limit = ?limit, user_id = account.id, "email change refused by the rate limit");
+            return Err(err);
+        }
+        let counted = self.begin_attempt(&account, now).await?;
+        if !self
+            .hasher
+            .verify(password, Some(&account.password_hash))
+            .await
+            .map_err(hashing_error)?
+        {
+            if !counted {
+                self.record_failure(account.id, now).await?;
+            }
+            audit!(
+                "email_change_failed",
+                client,
+                user_id = account.id,
+                "wrong current password"
+            );
+            return Err(AuthError::InvalidCredentials);
+        }
+        self.reset_failures(account.id).await?;
+        let new_email = new_email.trim();
+        if !users::looks_like_email(new_email) {
+            return Err(AuthError::bad_input(
+                "the email address is not valid",
+                vec!["INVALID_EMAIL".into()],
+            ));
+        }
+        let holder = user::Entity::find()
+            .filter(by_email(new_email))
+            .one(&self.db)
+            .await?;
+        if let Some(holder) = holder {
+            if holder.id == account.id {
+                return Err(AuthError::bad_input(
+                    "that is already the account's email address",
+                    vec!["EMAIL_UNCHANGED".into()],
+                ));
+            }
+            if self.accounts.verification != EmailVerification::Required {
+                return Err(AuthError::bad_input(
+                    "the email address belongs to another account",
+                    vec!["EMAIL_TAKEN".into()],
+                ));
+            }
+            // Under `required` no address is revealed: the same answer, and
+            // no link (it could never apply).
+            audit!(
+                "email_change_requested",
+                client,
+                user_id = account.id,
+                taken = true,
+                "email change to a taken address; nothing mailed"
+            );
+            return Ok(true);
+        }
+        let token = self
+            .issue_link(
+                &self.db,
+                account.id,
+                Purpose::EmailChange,
+                Some(new_email),
+                self.accounts.verify_ttl,
+            )
+            .await?;
+        mailer.send(Mail {
+            to: new_email.to_owned(),
+            template: Template::EmailChange,
+            username: account.username.clone(),
+            link: Some(self.accounts.link(Purpose::EmailChange, &token)),
+        });
+        if let Some(old) = account.email.clone() {
+            mailer.send(Mail {
+                to: old,
+                template: Template::EmailChangeNotice,
+                username: account.username.clone(),
+                link: None,
+            });
+        }
+        audit!(
+            "email_change_requested",
+            client,
+            user_id = account.id,
+            "email change link mailed"
+        );
+        Ok(true)
+    }
+}

@@ -162,6 +162,27 @@ impl Mutation {
         Ok(issued.into())
     }
 
+    /// Start changing the email address; it changes when the link mailed to the new address is followed.
+    async fn change_email(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(secret)] password: String,
+        new_email: String,
+    ) -> Result<bool, AuthError> {
+        let request = request(ctx)?;
+        let principal = request.principal().await?;
+        request
+            .auth
+            .change_email(
+                &principal,
+                &Password::new(&password),
+                &new_email,
+                &request.client,
+            )
+            .await
+            .map_err(AuthError::for_current_password)
+    }
+
     /// Second step of a login for a user with two-factor sign-in: the challenge from the MFA_REQUIRED error and a TOTP code or a recovery code.
     async fn verify_mfa(
         &self,

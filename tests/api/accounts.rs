@@ -529,3 +529,51 @@ async fn resending_a_verification_link_kills_the_older_one() {
         .await;
     assert_eq!(again["data"]["resendVerification"], false);
 }
+
+const CHANGE_EMAIL: &str =
+    "mutation($p: String!, $e: String!) { changeEmail(password: $p, newEmail: $e) }";
+
+#[tokio::test]
+async fn an_email_change_applies_when_the_new_address_follows_its_link_and_the_old_one_is_told() {
+    let (app, dir) = spawn_with_mail().await;
+    let user = user_with_email(&app, "old@example.com").await;
+    user_with_email(&app, "taken@example.com").await;
+    let session = app.login(&user).await;
+    let change = |password: &'static str, email: &'static str| {
+        app.graphql(
+            CHANGE_EMAIL,
+            json!({ "p": password, "e": email }),
+            Some(&session),
+        )
+    };
+
+    let wrong = change("not the password at all", "new@example.com").await;
+    let taken = change("an old passphrase that is long enough", "TAKEN@example.com").await;
+    let body = change("an old passphrase that is long enough", "new@example.com").await;
+
+    assert_eq!(error_code(&wrong), "INVALID_CREDENTIALS");
+    assert_eq!(error_reasons(&taken), ["EMAIL_TAKEN"]);
+    assert_eq!(body["data"]["changeEmail"], true, "{body}");
+    let mails = wait_for_mails(dir.path(), 2).await;
+    let notice = mails
+        .iter()
+        .find(|m| m.contains("To: old@example.com"))
+        .expect("the old address is told");
+    assert!(!notice.contains("aqe_"));
+    let link = mails
+        .iter()
+        .find(|m| m.contains("To: new@example.com"))
+        .map(|m| token_in(m, "aqe_"))
+        .expect("the new address gets the link");
+    let me = || app.graphql("{ me { email emailVerified } }", json!({}), Some(&session));
+    assert_eq!(me().await["data"]["me"]["email"], "old@example.com");
+    assert_eq!(verify(&app, &link).await["data"]["verifyEmail"], true);
+    assert_eq!(
+        me().await["data"]["me"],
+        json!({ "email": "new@example.com", "emailVerified": true })
+    );
+    assert_eq!(
+        error_reasons(&verify(&app, &link).await),
+        ["INVALID_LINK_TOKEN"]
+    );
+}
