@@ -123,6 +123,7 @@ impl Mailer {
     /// directory that cannot be created.
     pub fn from_settings(settings: &Settings) -> anyhow::Result<Option<Self>> {
         let transport = if let Some(url) = &settings.smtp_url {
+            warn_if_plaintext_password(url.expose_secret());
             let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose_secret())
                 .map_err(|_| {
                     crate::config::SettingError::new(
@@ -159,6 +160,30 @@ impl Mailer {
             tracing::error!(template = label, "mail outbox full or closed; mail dropped");
             metrics::mail("dropped", label);
         }
+    }
+}
+
+/// A bare `smtp://` URL (no `tls=required`) sends its password in clear:
+/// fine on loopback, worth a warning anywhere else. Never logs the URL.
+fn warn_if_plaintext_password(url: &str) {
+    let Some(rest) = url.strip_prefix("smtp://") else {
+        return;
+    };
+    if url.contains("tls=required") || url.contains("tls=opportunistic") {
+        return;
+    }
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return;
+    };
+    if !userinfo.contains(':') {
+        return;
+    }
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
+        tracing::warn!(
+            "--smtp-url sends its password unencrypted to a host that is not loopback; use smtps:// or ?tls=required"
+        );
     }
 }
 

@@ -22,6 +22,7 @@ mod observability;
 mod schema;
 mod sessions;
 mod shared_throttle;
+mod smtp;
 mod stale_request;
 mod throttle;
 mod tokens;
