@@ -12,7 +12,8 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};
+use lettre::message::header::{ContentTransferEncoding, ContentType};
+use lettre::message::{Body, Mailbox, MultiPart, SinglePart};
 use lettre::{
     AsyncFileTransport, AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor,
 };
@@ -254,15 +255,23 @@ fn render(from: &Mailbox, mail: &Mail) -> anyhow::Result<Message> {
                 .singlepart(
                     SinglePart::builder()
                         .header(ContentType::TEXT_PLAIN)
-                        .body(text),
+                        .body(unwrapped(text)),
                 )
                 .singlepart(
                     SinglePart::builder()
                         .header(ContentType::TEXT_HTML)
-                        .body(html),
+                        .body(unwrapped(html)),
                 ),
         )
         .context("building the message")
+}
+
+/// The body with CRLF line ends, so that lettre keeps its lines as lines:
+/// 7bit or 8bit when every line is short (a bare token stays greppable in
+/// an `.eml` file), quoted-printable with soft breaks only for long lines.
+fn unwrapped(text: String) -> Body {
+    let text = text.replace("\r\n", "\n").replace('\n', "\r\n");
+    Body::new_with_encoding(text, ContentTransferEncoding::EightBit).unwrap_or_else(Body::new)
 }
 
 fn fill(template: &str, username: &str, link: &str) -> String {
