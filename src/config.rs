@@ -191,6 +191,54 @@ pub struct ServerArgs {
     /// 0: no idle timeout.
     #[arg(long, env = "AUTHQL_TOKEN_IDLE_TIMEOUT", default_value = "0", value_parser = parse_seconds_or_zero, value_name = "SECONDS")]
     pub token_idle_timeout: Duration,
+    /// Whether anyone may create an account with `register` (`closed`:
+    /// accounts come from `authql user create`).
+    #[arg(long, env = "AUTHQL_REGISTRATION", value_enum, default_value_t = Registration::Closed)]
+    pub registration: Registration,
+
+    /// `off` sends nothing; `optional` mails a link and lets the account
+    /// sign in at once; `required` refuses a login until the address is
+    /// verified. Default: `optional` with a mailer, else `off`.
+    #[arg(long, env = "AUTHQL_EMAIL_VERIFICATION", value_enum)]
+    pub email_verification: Option<EmailVerification>,
+
+    /// SMTP server, in lettre's URL form: `smtps://user:pass@host` (implicit
+    /// TLS), `smtp://host?tls=required` (STARTTLS), bare `smtp://host`
+    /// (unencrypted). A password in it is a secret.
+    #[arg(long, env = "AUTHQL_SMTP_URL", value_name = "URL")]
+    pub smtp_url: Option<SecretString>,
+
+    /// Write mails as `.eml` files into this directory instead of sending
+    /// them (development and tests).
+    #[arg(long, env = "AUTHQL_MAIL_DIR", value_name = "DIR")]
+    pub mail_dir: Option<std::path::PathBuf>,
+
+    /// The sender of every mail.
+    #[arg(
+        long,
+        env = "AUTHQL_MAIL_FROM",
+        default_value = "authql <no-reply@localhost>",
+        value_name = "MAILBOX"
+    )]
+    pub mail_from: String,
+
+    /// Link template for password-reset mails, holding `{token}`. Unset:
+    /// the mail carries the bare token.
+    #[arg(long, env = "AUTHQL_RESET_URL", value_parser = parse_link_template, value_name = "URL")]
+    pub reset_url: Option<String>,
+
+    /// Link template for verification and email-change mails, holding
+    /// `{token}`. Unset: the mail carries the bare token.
+    #[arg(long, env = "AUTHQL_VERIFY_URL", value_parser = parse_link_template, value_name = "URL")]
+    pub verify_url: Option<String>,
+
+    /// Seconds a password-reset link stays valid.
+    #[arg(long, env = "AUTHQL_RESET_TOKEN_TTL", default_value = "3600", value_parser = parse_seconds, value_name = "SECONDS")]
+    pub reset_token_ttl: Duration,
+
+    /// Seconds a verification or email-change link stays valid.
+    #[arg(long, env = "AUTHQL_VERIFY_TOKEN_TTL", default_value = "86400", value_parser = parse_seconds, value_name = "SECONDS")]
+    pub verify_token_ttl: Duration,
 }
 
 /// How log lines are written: every command that logs.
@@ -250,6 +298,16 @@ pub struct Settings {
     pub last_used_interval: Duration,
     /// Zero: none.
     pub token_idle_timeout: Duration,
+    pub registration: Registration,
+    /// Resolved: `optional` when a mailer is set and the flag is not.
+    pub email_verification: EmailVerification,
+    pub smtp_url: Option<SecretString>,
+    pub mail_dir: Option<std::path::PathBuf>,
+    pub mail_from: String,
+    pub reset_url: Option<String>,
+    pub verify_url: Option<String>,
+    pub reset_token_ttl: Duration,
+    pub verify_token_ttl: Duration,
 }
 
 impl From<ServeArgs> for Settings {
@@ -298,6 +356,21 @@ impl From<ServeArgs> for Settings {
             cookie_secure: server.cookie_secure,
             last_used_interval: server.last_used_interval,
             token_idle_timeout: server.token_idle_timeout,
+            registration: server.registration,
+            email_verification: server.email_verification.unwrap_or(
+                if server.smtp_url.is_some() || server.mail_dir.is_some() {
+                    EmailVerification::Optional
+                } else {
+                    EmailVerification::Off
+                },
+            ),
+            smtp_url: server.smtp_url,
+            mail_dir: server.mail_dir,
+            mail_from: server.mail_from,
+            reset_url: server.reset_url,
+            verify_url: server.verify_url,
+            reset_token_ttl: server.reset_token_ttl,
+            verify_token_ttl: server.verify_token_ttl,
         }
     }
 }
@@ -324,6 +397,26 @@ impl Settings {
             log: parse_without_env(&[]),
         }
         .into()
+    }
+
+    /// Refuses combinations no single flag can: `email-verification
+    /// required` needs a mailer.
+    ///
+    /// # Errors
+    /// The setting at fault, named.
+    pub fn validate(&self) -> Result<(), SettingError> {
+        if self.email_verification == EmailVerification::Required
+            && self.smtp_url.is_none()
+            && self.mail_dir.is_none()
+        {
+            return Err(SettingError::new(
+                "--email-verification",
+                "required",
+                "needs a mailer to send the links",
+            )
+            .hint("set --smtp-url or --mail-dir, or choose optional or off"));
+        }
+        Ok(())
     }
 
     /// bcrypt computations allowed at once.
@@ -375,6 +468,10 @@ impl fmt::Debug for Settings {
             .field("session_cookie", &self.session_cookie)
             .field("cookie_name", &self.cookie_name)
             .field("cookie_secure", &self.cookie_secure)
+            .field("registration", &self.registration)
+            .field("email_verification", &self.email_verification)
+            .field("smtp", &self.smtp_url.as_ref().map(|_| "[redacted]"))
+            .field("mail_dir", &self.mail_dir)
             .finish_non_exhaustive()
     }
 }
@@ -568,6 +665,21 @@ impl CaptchaProvider {
     }
 }
 
+/// Whether `register` is open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Registration {
+    Closed,
+    Open,
+}
+
+/// What is asked of an address before its account may sign in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EmailVerification {
+    Off,
+    Optional,
+    Required,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -596,6 +708,14 @@ impl FromStr for LoginRate {
             _ => return Err(expected.to_owned()),
         };
         Ok(Self { count, per })
+    }
+}
+
+fn parse_link_template(s: &str) -> Result<String, String> {
+    if s.contains("{token}") {
+        Ok(s.to_owned())
+    } else {
+        Err("must hold {token}, where the link's token goes".to_owned())
     }
 }
 

@@ -57,6 +57,13 @@ pub enum AuthError {
     InvalidCode,
     /// Two-factor sign-in needs `secret-key`, which is not set.
     MfaUnavailable,
+    /// `register` while registration is closed.
+    RegistrationClosed,
+    /// The right password, but `email-verification required` and the
+    /// address is not verified yet.
+    EmailNotVerified,
+    /// The mutation sends mail and no mailer is configured.
+    MailUnavailable,
     /// Anything else. The cause is logged; the client sees a fixed message.
     Internal(anyhow::Error),
 }
@@ -98,6 +105,13 @@ impl AuthError {
             Self::MfaUnavailable => {
                 "two-factor sign-in is not available: the server has no secret key".into()
             }
+            Self::RegistrationClosed => {
+                "registration is closed: accounts are created by an operator".into()
+            }
+            Self::EmailNotVerified => {
+                "verify your email address first: follow the link mailed to it".into()
+            }
+            Self::MailUnavailable => "mail is not available: the server has no mailer".into(),
             Self::Internal(_) => "internal server error".into(),
         }
     }
@@ -115,6 +129,9 @@ impl AuthError {
             Self::MfaRequired { .. } => "MFA_REQUIRED",
             Self::InvalidCode => "INVALID_CODE",
             Self::MfaUnavailable => "MFA_UNAVAILABLE",
+            Self::RegistrationClosed => "REGISTRATION_CLOSED",
+            Self::EmailNotVerified => "EMAIL_NOT_VERIFIED",
+            Self::MailUnavailable => "MAIL_UNAVAILABLE",
             Self::Internal(_) => "INTERNAL_SERVER_ERROR",
         }
     }

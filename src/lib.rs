@@ -21,6 +21,8 @@ pub mod error;
 pub mod graphql;
 /// Routes, request ids, CORS, GraphQL over HTTP.
 pub mod http;
+/// Mail delivery through lettre, off the request path.
+pub mod mail;
 /// Prometheus metrics.
 pub mod metrics;
 /// Building and running the server.

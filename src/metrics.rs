@@ -47,6 +47,10 @@ fn describe() {
         "authql_token_resolutions_total",
         "Bearer token resolutions by path (cache, database, refused) and refusal reason."
     );
+    metrics::describe_counter!(
+        "authql_mails_total",
+        "Mails by outcome (sent, retried, failed, dropped) and template."
+    );
     metrics::describe_counter!("authql_revocations_total", "Tokens revoked, by kind.");
     metrics::describe_gauge!("authql_token_cache_entries", "Entries in the token cache.");
     metrics::describe_counter!(
@@ -65,6 +69,12 @@ fn describe() {
         "authql_connections_refused_total",
         "Connections closed on arrival because --max-connections were open."
     );
+}
+
+/// A mail's fate: `sent`, `retried`, `failed` or `dropped`.
+pub fn mail(outcome: &'static str, template: &'static str) {
+    metrics::counter!("authql_mails_total", "outcome" => outcome, "template" => template)
+        .increment(1);
 }
 
 pub fn login(outcome: &'static str) {

@@ -43,6 +43,7 @@ impl App {
     /// # Errors
     /// As `build`.
     pub async fn build_with_clock(settings: Settings, clock: Clock) -> anyhow::Result<Self> {
+        settings.validate()?;
         // Bind first: a port in use is found before the database is touched.
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await

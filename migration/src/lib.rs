@@ -11,6 +11,7 @@ mod m20250101_000002_add_login_backoff;
 mod m20261201_000001_create_throttle;
 mod m20261201_000002_add_totp;
 mod m20261201_000003_add_last_used_at;
+mod m20261201_000004_accounts;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000001_create_throttle::Migration),
             Box::new(m20261201_000002_add_totp::Migration),
             Box::new(m20261201_000003_add_last_used_at::Migration),
+            Box::new(m20261201_000004_accounts::Migration),
         ]
     }
 }

@@ -241,6 +241,7 @@ mod tests {
                 id: user_id,
                 username: format!("user{user_id}"),
                 email: None,
+                email_verified: false,
                 mfa_enabled: false,
                 is_active: true,
                 date_joined: Utc::now(),

@@ -75,6 +75,17 @@ impl CaptchaVerifier {
     }
 
     pub async fn verify(&self, response: &str, remote_ip: Option<IpAddr>) -> Verdict {
+        self.verify_for(response, remote_ip, &self.action).await
+    }
+
+    /// [`verify`](Self::verify) for another reCAPTCHA v3 action than
+    /// `captcha-action` (the login's): `register`, `password_reset`.
+    pub async fn verify_for(
+        &self,
+        response: &str,
+        remote_ip: Option<IpAddr>,
+        action: &str,
+    ) -> Verdict {
         let remote_ip = remote_ip.map(|ip| ip.to_string()).unwrap_or_default();
         let form = [
             ("secret", self.secret.expose_secret()),
@@ -100,10 +111,15 @@ impl CaptchaVerifier {
             tracing::warn!("captcha service answered something that is not a verdict");
             return Verdict::Unavailable;
         };
-        self.judge(&answer)
+        self.judge_for(&answer, action)
     }
 
+    #[cfg(test)]
     fn judge(&self, answer: &Answer) -> Verdict {
+        self.judge_for(answer, &self.action)
+    }
+
+    fn judge_for(&self, answer: &Answer, action: &str) -> Verdict {
         if !answer.success {
             // A bad secret is our misconfiguration, not the user's failure.
             if answer
@@ -118,8 +134,7 @@ impl CaptchaVerifier {
         }
         if self.provider == CaptchaProvider::Recaptcha {
             if let Some(score) = answer.score {
-                if score < self.min_score || answer.action.as_deref() != Some(self.action.as_str())
-                {
+                if score < self.min_score || answer.action.as_deref() != Some(action) {
                     return Verdict::Refused;
                 }
             }

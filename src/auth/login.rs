@@ -140,6 +140,19 @@ impl AuthService {
             return Err(AuthError::InvalidCredentials);
         };
 
+        if self.accounts.verification == crate::config::EmailVerification::Required
+            && account.email_verified_at.is_none()
+        {
+            audit!(
+                "login_refused",
+                client,
+                user_id = account.id,
+                reason = "email_not_verified",
+                "password right; address not verified"
+            );
+            metrics::login("email_not_verified");
+            return Err(AuthError::EmailNotVerified);
+        }
         if account.totp_secret.is_some() {
             // No token yet, and the backoff is not reset: only a passed
             // second step does that.

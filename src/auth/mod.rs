@@ -14,11 +14,13 @@ macro_rules! audit {
     };
 }
 
+mod accounts;
 mod backoff;
 pub mod cache;
 pub mod captcha;
 mod health;
 pub mod last_used;
+pub mod links;
 pub mod listener;
 mod login;
 pub mod mfa;
@@ -34,6 +36,7 @@ pub mod tokens;
 pub mod username;
 pub mod users;
 
+pub use accounts::Registered;
 pub use mfa::TotpEnrollment;
 pub use passwords::Password;
 
@@ -62,6 +65,7 @@ pub struct User {
     pub id: i64,
     pub username: String,
     pub email: Option<String>,
+    pub email_verified: bool,
     /// TOTP is on: a login needs a second step.
     pub mfa_enabled: bool,
     pub is_active: bool,
@@ -75,6 +79,7 @@ impl From<&user::Model> for User {
             id: row.id,
             username: row.username.clone(),
             email: row.email.clone(),
+            email_verified: row.email.is_some() && row.email_verified_at.is_some(),
             mfa_enabled: row.totp_secret.is_some(),
             is_active: row.is_active,
             date_joined: row.date_joined,
@@ -175,6 +180,9 @@ pub struct AuthService {
     sealer: Option<mfa::Sealer>,
     mfa_issuer: String,
     mfa_challenge_ttl: chrono::Duration,
+    /// `None` without `smtp-url` or `mail-dir`: no mail, `MAIL_UNAVAILABLE`.
+    mailer: Option<crate::mail::Mailer>,
+    accounts: accounts::AccountSettings,
 }
 
 impl AuthService {
@@ -209,6 +217,8 @@ impl AuthService {
                 .then(|| chrono::Duration::from_std(settings.token_idle_timeout))
                 .transpose()
                 .context("token-idle-timeout too large")?,
+            mailer: crate::mail::Mailer::from_settings(settings)?,
+            accounts: accounts::AccountSettings::from_settings(settings)?,
             db,
             cache,
             clock,

@@ -68,6 +68,8 @@ impl AuthService {
             // Another change won the race; this one's old password is stale.
             return Err(AuthError::InvalidCredentials);
         }
+        // A new password kills every mailed link (a reset link above all).
+        Self::kill_links(&txn, account.id).await?;
         let Some(revoked) = revocation::revoke_in_on_behalf_of(&txn, principal, None).await? else {
             return Err(self.revoker.session_gone(principal));
         };

@@ -11,7 +11,7 @@ use sea_orm::{
 };
 
 use super::AuthService;
-use crate::db::entities::{auth_token, mfa_challenge};
+use crate::db::entities::{auth_token, link_token, mfa_challenge};
 
 /// How often housekeeping runs.
 pub const INTERVAL: Duration = Duration::from_secs(60);
@@ -48,7 +48,28 @@ pub async fn run(auth: std::sync::Arc<AuthService>) {
             Ok(deleted) => tracing::info!(deleted, "expired MFA challenges swept"),
             Err(err) => tracing::warn!(error = %err, "expired-challenge sweep failed"),
         }
+        match sweep_expired_links(auth.db(), auth.clock().now()).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "expired mailed links swept"),
+            Err(err) => tracing::warn!(error = %err, "expired-link sweep failed"),
+        }
     }
+}
+
+/// Deletes every mailed link (verification, reset, email change) expired
+/// at `now`; returns how many.
+///
+/// # Errors
+/// A database error.
+pub async fn sweep_expired_links(
+    db: &DatabaseConnection,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<u64, DbErr> {
+    Ok(link_token::Entity::delete_many()
+        .filter(link_token::Column::ExpiresAt.lte(now))
+        .exec(db)
+        .await?
+        .rows_affected)
 }
 
 /// Deletes every token expired at `now`, `BATCH` at a time; returns how

@@ -350,6 +350,45 @@ impl ThrottleStore {
     }
 }
 
+/// Reset mails per address: a burst of this many, then one per period.
+const RESET_MAILS: i64 = 3;
+const RESET_PERIOD_US: i64 = 3_600_000_000;
+
+impl ThrottleStore {
+    /// Counts one reset mail to an address (lower-cased) against its limit
+    /// of 3 an hour, in the same table and with the same statement as the
+    /// login limits (GCRA: 3 at once, then one more an hour); returns
+    /// whether it may be sent.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn admit_address(
+        &self,
+        address: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, AuthError> {
+        let now_us = now.timestamp_micros();
+        let values = vec![
+            Value::from(now_us.saturating_add(RESET_PERIOD_US)),
+            Value::from(now_us.saturating_add(RESET_PERIOD_US * (RESET_MAILS - 1))),
+            Value::from(now_us),
+            Value::from(RESET_PERIOD_US),
+            Value::from(self.key_of("reset_address", address)),
+        ];
+        let sql = ADMIT.replace("{rows}", "($5, $1, TRUE, 0, NULL)");
+        let row = self
+            .db
+            .query_one_raw(Statement::from_sql_and_values(
+                self.db.get_database_backend(),
+                sql,
+                values,
+            ))
+            .await?
+            .ok_or_else(|| AuthError::Internal(anyhow::anyhow!("no throttle row returned")))?;
+        Ok(row.try_get("", "admitted")?)
+    }
+}
+
 impl AuthService {
     /// Counts one attempt against the IP and the username: first in memory
     /// (cheap, and refusing a flood without touching the database), then in

@@ -45,6 +45,8 @@ impl AuthService {
         let created = user::ActiveModel {
             username: Set(username.as_ref().to_owned()),
             email: Set(email.map(str::to_owned)),
+            // The operator vouches for the address.
+            email_verified_at: Set(email.map(|_| self.clock().now())),
             password_hash: Set(hash),
             is_active: Set(true),
             date_joined: Set(self.clock().now()),
@@ -60,12 +62,14 @@ impl AuthService {
                 tracing::info!(event = "user_created", user_id = row.id, "user created");
                 Ok(User::from(&row))
             }
-            Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-                Err(AuthError::bad_input(
-                    format!("the username {} is taken", username.as_ref()),
-                    vec!["USERNAME_TAKEN".into()],
-                ))
-            }
+            Err(err) if taken(&err) == Some(Taken::Email) => Err(AuthError::bad_input(
+                "the email address belongs to another account",
+                vec!["EMAIL_TAKEN".into()],
+            )),
+            Err(err) if taken(&err) == Some(Taken::Username) => Err(AuthError::bad_input(
+                format!("the username {} is taken", username.as_ref()),
+                vec!["USERNAME_TAKEN".into()],
+            )),
             Err(err) => Err(err.into()),
         }
     }
@@ -126,6 +130,8 @@ impl AuthService {
     ) -> Result<u64, AuthError> {
         let txn = self.db().begin().await?;
         change.update(&txn).await?;
+        // A password set or an account deactivated kills its mailed links.
+        Self::kill_links(&txn, user_id).await?;
         let revoked = revocation::revoke_in(&txn, user_id, None).await?;
         txn.commit().await?;
         self.revoker().after_commit(user_id);
@@ -185,7 +191,26 @@ impl AuthService {
 
 /// One `@` with something on both sides and a dot in the domain: enough to
 /// catch typos without refusing valid addresses.
-fn looks_like_email(email: &str) -> bool {
+/// Which unique column an insert or update collided on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Taken {
+    Username,
+    Email,
+}
+
+/// Tells a taken address from a taken username by the index named in the
+/// error (`idx_users_email_lower` on both backends).
+pub(super) fn taken(err: &sea_orm::DbErr) -> Option<Taken> {
+    match err.sql_err() {
+        Some(SqlErr::UniqueConstraintViolation(message)) if message.contains("email") => {
+            Some(Taken::Email)
+        }
+        Some(SqlErr::UniqueConstraintViolation(_)) => Some(Taken::Username),
+        _ => None,
+    }
+}
+
+pub(super) fn looks_like_email(email: &str) -> bool {
     match email.split_once('@') {
         Some((local, domain)) => {
             !local.is_empty()

@@ -3,7 +3,7 @@
 use async_graphql::{Context, Object, ID};
 
 use super::context::request;
-use super::types::{AuthPayload, TotpEnrollment};
+use super::types::{AuthPayload, RegisterPayload, TotpEnrollment};
 use crate::auth::Password;
 use crate::error::AuthError;
 
@@ -93,6 +93,99 @@ impl Mutation {
             .map_err(AuthError::for_current_password)?;
         request.issued(&issued);
         Ok(issued.into())
+    }
+
+    /// Create an account (only while registration is open).
+    async fn register(
+        &self,
+        ctx: &Context<'_>,
+        username: String,
+        email: String,
+        #[graphql(secret)] password: String,
+        #[graphql(secret)] captcha: Option<String>,
+    ) -> Result<RegisterPayload, AuthError> {
+        let request = request(ctx)?;
+        let registered = request
+            .auth
+            .register(
+                &username,
+                &email,
+                Password::new(&password),
+                captcha.as_deref(),
+                &request.client,
+            )
+            .await?;
+        Ok(registered.into())
+    }
+
+    /// Confirm an email address with the token from the link mailed to it.
+    async fn verify_email(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(secret)] token: String,
+    ) -> Result<bool, AuthError> {
+        let request = request(ctx)?;
+        request.auth.verify_email(&token, &request.client).await
+    }
+
+    /// Mail a fresh verification link to the signed-in user's unverified address.
+    async fn resend_verification(&self, ctx: &Context<'_>) -> Result<bool, AuthError> {
+        let request = request(ctx)?;
+        let principal = request.principal().await?;
+        request
+            .auth
+            .resend_verification(&principal, &request.client)
+            .await
+    }
+
+    /// Mail a password-reset link to the account with this address, if there is one. Always true.
+    async fn request_password_reset(
+        &self,
+        ctx: &Context<'_>,
+        email: String,
+        #[graphql(secret)] captcha: Option<String>,
+    ) -> Result<bool, AuthError> {
+        let request = request(ctx)?;
+        request
+            .auth
+            .request_password_reset(&email, captcha.as_deref(), &request.client)
+            .await
+    }
+
+    /// Set a new password with a reset token. Every session ends; a fresh token is returned.
+    async fn reset_password(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(secret)] token: String,
+        #[graphql(secret)] new_password: String,
+    ) -> Result<AuthPayload, AuthError> {
+        let request = request(ctx)?;
+        let issued = request
+            .auth
+            .reset_password(&token, Password::new(&new_password), &request.client)
+            .await?;
+        Ok(issued.into())
+    }
+
+    /// Start changing the email address; it changes when the link mailed to the new address is followed.
+    async fn change_email(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(secret)] password: String,
+        new_email: String,
+    ) -> Result<bool, AuthError> {
+        let request = request(ctx)?;
+        let principal = request.principal().await?;
+        request
+            .auth
+            .change_email(
+                &principal,
+                &Password::new(&password),
+                &new_email,
+                &request.client,
+            )
+            .await
+            .map_err(AuthError::for_current_password)
     }
 
     /// Second step of a login for a user with two-factor sign-in: the challenge from the MFA_REQUIRED error and a TOTP code or a recovery code.

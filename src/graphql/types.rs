@@ -16,6 +16,8 @@ pub struct UserObject {
     pub username: String,
     /// The email address, when one was given.
     pub email: Option<String>,
+    /// True when the user showed that the address is theirs (by following a link mailed to it, or by resetting the password through one).
+    pub email_verified: bool,
     /// True when two-factor sign-in (TOTP) is on: a login then needs a code too (see verifyMfa).
     pub mfa_enabled: bool,
     /// False once the user is deactivated; a deactivated user cannot sign in.
@@ -32,6 +34,7 @@ impl From<&auth::User> for UserObject {
             id: ID(user.id.to_string()),
             username: user.username.clone(),
             email: user.email.clone(),
+            email_verified: user.email_verified,
             mfa_enabled: user.mfa_enabled,
             is_active: user.is_active,
             date_joined: user.date_joined,
@@ -113,6 +116,24 @@ impl From<auth::TotpEnrollment> for TotpEnrollment {
             secret: enrollment.secret.expose_secret().to_owned(),
             otpauth_uri: enrollment.otpauth_uri.expose_secret().to_owned(),
             qr_code_svg: enrollment.qr_code_svg,
+        }
+    }
+}
+
+/// The answer to register.
+#[derive(SimpleObject)]
+pub struct RegisterPayload {
+    /// The new session when the account may sign in at once; null while its email must be verified first.
+    pub session: Option<AuthPayload>,
+    /// True when a verification link was mailed.
+    pub verification_sent: bool,
+}
+
+impl From<auth::Registered> for RegisterPayload {
+    fn from(registered: auth::Registered) -> Self {
+        Self {
+            session: registered.session.map(AuthPayload::from),
+            verification_sent: registered.verification_sent,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod accounts;
 mod cache;
 mod captcha;
 mod change_password;
@@ -25,6 +26,7 @@ mod observability;
 mod schema;
 mod sessions;
 mod shared_throttle;
+mod smtp;
 mod stale_request;
 mod throttle;
 mod tokens;

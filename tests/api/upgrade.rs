@@ -36,7 +36,8 @@ async fn texts(db: &DatabaseConnection, sql: &str) -> Vec<String> {
 /// affinity (the spelling of a type does not change how its values are
 /// kept: sea-query 1.0 declares 64-bit integers `integer` where 0.32 wrote
 /// `bigint`), nullability, default and key; each index, foreign key and
-/// AUTOINCREMENT table.
+/// AUTOINCREMENT table (an index over an expression, such as
+/// `LOWER(email)`, lists `<expression>` for that column).
 async fn schema_of(db: &DatabaseConnection) -> Vec<String> {
     const QUERIES: [&str; 4] = [
         "SELECT m.name || '.' || p.name || ' ' || \
@@ -52,7 +53,7 @@ async fn schema_of(db: &DatabaseConnection) -> Vec<String> {
          FROM sqlite_master m JOIN pragma_table_info(m.name) p \
          WHERE m.type = 'table' ORDER BY m.name, p.cid",
         "SELECT m.name || ' index ' || i.name || ' unique=' || i.\"unique\" || ' ' || \
-           i.origin || ' (' || (SELECT group_concat(c.name) FROM pragma_index_info(i.name) c) || ')' \
+           i.origin || ' (' || (SELECT group_concat(COALESCE(c.name, '<expression>')) FROM pragma_index_info(i.name) c) || ')' \
          FROM sqlite_master m JOIN pragma_index_list(m.name) i \
          WHERE m.type = 'table' ORDER BY m.name, i.name",
         "SELECT m.name || '.' || f.\"from\" || ' -> ' || f.\"table\" || '.' || f.\"to\" || \

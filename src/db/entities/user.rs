@@ -10,6 +10,9 @@ pub struct Model {
     #[sea_orm(unique)]
     pub username: String,
     pub email: Option<String>,
+    /// When the address was shown to be the user's (a link followed, a
+    /// reset done, or an operator vouching for it).
+    pub email_verified_at: Option<DateTimeUtc>,
     pub password_hash: String,
     pub is_active: bool,
     pub date_joined: DateTimeUtc,

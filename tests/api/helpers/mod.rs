@@ -231,7 +231,7 @@ impl TestApp {
         self.auth
             .create_user(
                 &user.username,
-                Some("someone@example.com"),
+                Some(&format!("{}@example.com", user.username)),
                 Password::new(&user.password),
             )
             .await
