@@ -3,8 +3,10 @@
 //! Content-Security-Policy, and runs `{ me { username } }` with a bearer
 //! header typed into the headers pane, as a user would.
 //!
-//! The test saves a screenshot to `target/graphiql.png`, or to the path in
-//! `GRAPHIQL_SCREENSHOT` (the README's `docs/graphiql.png` is made so).
+//! The test saves a screenshot to `target/tmp/graphiql.png` (cargo's
+//! `CARGO_TARGET_TMPDIR`, which exists wherever the target directory is),
+//! or to the path in `GRAPHIQL_SCREENSHOT` (the README's
+//! `docs/graphiql.png` is made so).
 
 use std::time::Duration;
 
@@ -117,7 +119,7 @@ async fn graphiql_renders_offline_and_runs_me_with_a_bearer_header() {
     }
     let screenshot = browser.screenshot().await;
     let path = std::env::var("GRAPHIQL_SCREENSHOT")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/graphiql.png").to_owned());
+        .unwrap_or_else(|_| concat!(env!("CARGO_TARGET_TMPDIR"), "/graphiql.png").to_owned());
     std::fs::write(&path, screenshot).expect("screenshot written");
     assert!(
         ran,
