@@ -136,16 +136,6 @@ impl AuthError {
         }
     }
 
-    /// This error as the answer to a signed-in user who gave a password to
-    /// confirm a change: `InvalidCredentials` there means the current
-    /// password is wrong.
-    pub fn for_current_password(self) -> Self {
-        match self {
-            Self::InvalidCredentials => Self::WrongCurrentPassword,
-            other => other,
-        }
-    }
-
     pub fn bad_input(message: impl Into<String>, reasons: Vec<String>) -> Self {
         Self::BadUserInput {
             message: message.into(),

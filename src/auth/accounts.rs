@@ -568,38 +568,9 @@ impl AuthService {
         let Some(mailer) = &self.mailer else {
             return Err(AuthError::MailUnavailable);
         };
-        let now = self.clock.now();
-        let account = user::Entity::find_by_id(principal.user.id)
-            .filter(user::Column::IsActive.eq(true))
-            .filter(revocation::session_alive(principal))
-            .one(&self.db)
-            .await?
-            .ok_or_else(|| self.revoker.session_gone(principal))?;
-        if let Err((limit, err)) = self
-            .count_attempt(client.ip, &account.username, now)
-            .await?
-        {
-            audit!("rate_limited", client, limit = ?limit, user_id = account.id, "email change refused by the rate limit");
-            return Err(err);
-        }
-        let counted = self.begin_attempt(&account, now).await?;
-        if !self
-            .hasher
-            .verify(password, Some(&account.password_hash))
-            .await
-            .map_err(hashing_error)?
-        {
-            if !counted {
-                self.record_failure(account.id, now).await?;
-            }
-            audit!(
-                "email_change_failed",
-                client,
-                user_id = account.id,
-                "wrong current password"
-            );
-            return Err(AuthError::InvalidCredentials);
-        }
+        let (account, _) = self
+            .check_current_password(principal, password, client, "email_change_failed")
+            .await?;
         self.reset_failures(account.id).await?;
         let new_email = new_email.trim();
         if !users::looks_like_email(new_email) {

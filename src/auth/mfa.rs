@@ -273,7 +273,7 @@ impl AuthService {
     /// changes until [`confirm_totp`](Self::confirm_totp).
     ///
     /// # Errors
-    /// `MfaUnavailable` without `secret-key`, `InvalidCredentials` (counted
+    /// `MfaUnavailable` without `secret-key`, `WrongCurrentPassword` (counted
     /// by the account backoff), `RateLimited`, `Unauthenticated` when this
     /// request's session is gone.
     pub async fn enroll_totp(
@@ -416,7 +416,7 @@ impl AuthService {
     /// or a recovery code). Every other session of the user is revoked.
     ///
     /// # Errors
-    /// `InvalidCredentials` (counted), `InvalidCode` (counted), `RateLimited`,
+    /// `WrongCurrentPassword` (counted), `InvalidCode` (counted), `RateLimited`,
     /// `BadUserInput` (`MFA_NOT_ENABLED`), `MfaUnavailable` for a TOTP code
     /// without `secret-key`, `Unauthenticated` when this session is gone.
     pub async fn disable_totp(

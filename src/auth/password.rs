@@ -16,7 +16,7 @@ impl AuthService {
     /// of the user and returns a fresh one.
     ///
     /// # Errors
-    /// `InvalidCredentials` (counted by the account backoff), `RateLimited`,
+    /// `WrongCurrentPassword` (counted by the account backoff), `RateLimited`,
     /// `BadUserInput` with every failed policy rule, `Unauthenticated` when
     /// this request's session was revoked since it began, or an internal
     /// error.
@@ -66,7 +66,7 @@ impl AuthService {
                 return Err(self.revoker.session_gone(principal));
             }
             // Another change won the race; this one's old password is stale.
-            return Err(AuthError::InvalidCredentials);
+            return Err(AuthError::WrongCurrentPassword);
         }
         // A new password kills every mailed link (a reset link above all).
         Self::kill_links(&txn, account.id).await?;
@@ -183,7 +183,7 @@ impl AuthService {
                 user_id = account.id,
                 "wrong current password"
             );
-            return Err(AuthError::InvalidCredentials);
+            return Err(AuthError::WrongCurrentPassword);
         }
         Ok((account, counted))
     }

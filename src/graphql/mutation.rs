@@ -89,8 +89,7 @@ impl Mutation {
                 Password::new(&new_password),
                 &request.client,
             )
-            .await
-            .map_err(AuthError::for_current_password)?;
+            .await?;
         request.issued(&issued);
         Ok(issued.into())
     }
@@ -185,7 +184,6 @@ impl Mutation {
                 &request.client,
             )
             .await
-            .map_err(AuthError::for_current_password)
     }
 
     /// Second step of a login for a user with two-factor sign-in: the challenge from the MFA_REQUIRED error and a TOTP code or a recovery code.
@@ -215,8 +213,7 @@ impl Mutation {
         let enrollment = request
             .auth
             .enroll_totp(&principal, &Password::new(&password), &request.client)
-            .await
-            .map_err(AuthError::for_current_password)?;
+            .await?;
         Ok(enrollment.into())
     }
 
@@ -252,6 +249,5 @@ impl Mutation {
                 &request.client,
             )
             .await
-            .map_err(AuthError::for_current_password)
     }
 }
