@@ -3,11 +3,16 @@
 
   bench.py sanity URL USER PASSWORD         log in, then `me`: prints the token
   bench.py me URL TOKEN USER                `me` must name USER
+  bench.py verify URL TOKEN USER            GET /auth/verify must name USER
   bench.py login URL USER PASSWORD          a login must return a token
   bench.py wait-listen LOGFILE SECONDS      the address from the server's JSON log
   bench.py rss PID                          VmRSS of PID in KiB
   bench.py metric URL NAME LABEL=VALUE...   a counter or gauge from /metrics
-  bench.py tokens DBFILE USER COUNT OUTFILE insert COUNT valid tokens of USER
+  bench.py tokens DBFILE USER COUNT OUTFILE [AGE]
+                                            insert COUNT valid tokens of USER,
+                                            made AGE seconds ago (default 0)
+  bench.py last-used DBFILE TOKEN SECONDS   the token's lastUsedAt must have been
+                                            written within SECONDS
   bench.py summarize RUNDIR                 figures of one run -> RUNDIR/figures.json
   bench.py report OUTDIR RUNDIR...          medians over runs -> table, exit 3 on
                                             a missed target when BENCH_ENFORCE=1
@@ -73,6 +78,32 @@ def me(url, token, user):
         die(f"`me` at {url} did not name {user} (status {status}, got {name!r}, errors {errors})")
 
 
+def verify(url, token, user):
+    request = urllib.request.Request(url + "/auth/verify")
+    request.add_header("Authorization", "Bearer " + token)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, name = response.status, response.headers.get("X-Authql-Username")
+    except urllib.error.HTTPError as err:
+        status, name = err.code, None
+    if status != 200 or name != user:
+        die(f"/auth/verify at {url} did not name {user} (status {status}, got {name!r})")
+
+
+def last_used(dbfile, token, seconds):
+    """The server noted the token's use (it was due) and wrote it."""
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    db = sqlite3.connect(dbfile, timeout=30)
+    row = db.execute("SELECT last_used_at FROM auth_tokens WHERE digest = ?", (digest,)).fetchone()
+    db.close()
+    if not row or not row[0]:
+        die("the benchmark's token has no lastUsedAt: its use was never written")
+    written = dt.datetime.fromisoformat(row[0].replace(" ", "T"))
+    age = (dt.datetime.now(dt.timezone.utc) - written).total_seconds()
+    if age > float(seconds):
+        die(f"the benchmark's token was last noted {age:.0f} s ago, not within {seconds} s")
+
+
 def wait_listen(logfile, seconds):
     deadline = time.time() + float(seconds)
     while time.time() < deadline:
@@ -125,9 +156,10 @@ def make_token():
     return "aql_" + b64(random) + b64(hashlib.sha256(random).digest()[:4])
 
 
-def insert_tokens(dbfile, user, count, outfile):
-    """Inserts COUNT tokens of USER, copying the date format the server
-    itself wrote in that user's existing token row."""
+def insert_tokens(dbfile, user, count, outfile, age=0):
+    """Inserts COUNT tokens of USER, made AGE seconds ago and never used
+    since, copying the date format the server itself wrote in that user's
+    existing token row."""
     db = sqlite3.connect(dbfile, timeout=30)
     row = db.execute("SELECT id FROM users WHERE username = ?", (user,)).fetchone()
     if not row:
@@ -137,7 +169,7 @@ def insert_tokens(dbfile, user, count, outfile):
                         (user_id,)).fetchone()
     if not sample:
         die("no token row to copy the date format from (log in first)")
-    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(seconds=int(age))
     expires = now + dt.timedelta(hours=12)
 
     def fmt(t):
@@ -175,7 +207,7 @@ def summarize(rundir):
             return f.read().strip()
 
     figures = {}
-    for scenario in ("floor", "me_cached", "me_uncached", "login", "storm_me", "storm_login"):
+    for scenario in SCENARIOS:
         figures[scenario] = parse_wrk(os.path.join(rundir, f"{scenario}.txt"))
     cores = int(read("cores"))
     bcrypt_ms = float(re.search(r"median_ms=(\S+)", read("bcrypt.txt")).group(1))
@@ -192,9 +224,30 @@ def summarize(rundir):
     return figures
 
 
+# key: (name in the table, concurrency)
+SCENARIOS = {
+    "bare": ("bare poem floor (bench/floor, GET /)", 32),
+    "healthz": ("authql GET /healthz", 32),
+    "verify": ("GET /auth/verify", 32),
+    "me_cached": ("me-cached", 32),
+    "me_quiet": ("me-cached, lastUsedAt never due (--last-used-interval 1 year)", 32),
+    "me_uncached": ("me-uncached (--cache-capacity 0)", 32),
+    "login": ("login (bcrypt cost 12)", 8),
+    "storm_me": ("storm: me-cached", 32),
+    "storm_login": ("storm: login", 8),
+}
+
+
 def ratios(f):
+    bare = f["bare"]["rps"]
     return {
-        "me_cached_over_floor": f["me_cached"]["rps"] / f["floor"]["rps"],
+        "me_cached_over_bare": f["me_cached"]["rps"] / bare,
+        "verify_over_bare": f["verify"]["rps"] / bare,
+        "healthz_over_bare": f["healthz"]["rps"] / bare,
+        "verify_over_me_cached": f["verify"]["rps"] / f["me_cached"]["rps"],
+        "verify_p99_ms": f["verify"]["p99_ms"],
+        "me_cached_over_quiet": f["me_cached"]["rps"] / f["me_quiet"]["rps"],
+        "storm_p99_over_alone": f["storm_me"]["p99_ms"] / f["me_cached"]["p99_ms"],
         "me_cached_over_uncached": f["me_cached"]["rps"] / f["me_uncached"]["rps"],
         "login_over_bound": f["login"]["rps"] / f["login_bound"],
         "storm_me_p99_ms": f["storm_me"]["p99_ms"],
@@ -205,12 +258,18 @@ def ratios(f):
 
 TARGETS = [
     # key, label, comparison, target, format
-    ("me_cached_over_floor", "me-cached / floor", ">=", 0.35, "{:.2f}"),
+    ("me_cached_over_bare", "me-cached / bare floor (issue 16)", ">=", 0.40, "{:.2f}"),
+    ("verify_over_bare", "verify / bare floor (issue 16)", ">=", 0.70, "{:.2f}"),
+    ("healthz_over_bare", "healthz / bare floor (for the record)", ">=", 0.0, "{:.2f}"),
+    ("verify_over_me_cached", "verify / me-cached (issue 14)", ">=", 1.5, "{:.2f}"),
+    ("verify_p99_ms", "verify p99 (ms, issue 14)", "<", 5.0, "{:.2f}"),
+    ("me_cached_over_quiet", "me-cached / me-quiet: lastUsedAt's cost (issue 14)", ">=", 0.95, "{:.3f}"),
+    ("storm_p99_over_alone", "storm: me p99 / me-cached p99 (issue 16)", "<=", 2.0, "{:.2f}"),
     ("me_cached_over_uncached", "me-cached / me-uncached", ">=", 2.0, "{:.2f}"),
     ("login_over_bound", "login / bound", ">=", 0.9, "{:.2f}"),
     ("storm_me_p99_ms", "storm: me p99 (ms)", "<=", 25.0, "{:.1f}"),
     ("storm_me_share", "storm: me throughput / me-cached", ">=", 0.20, "{:.2f}"),
-    ("memory_mib", "memory for 100,000 cached tokens (MiB above idle)", "<=", 100.0, "{:.1f}"),
+    ("memory_mib", "memory for 100,000 cached tokens (MiB above idle, issue 16)", "<=", 40.0, "{:.1f}"),
 ]
 
 
@@ -229,20 +288,16 @@ def report(outdir, rundirs):
              "client (wrk) and server.", ""]
     if about:
         lines[0:0] = [about, ""]
-    lines += ["| scenario | concurrency | req/s | p50 (ms) | p99 (ms) | errors |",
-              "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    conc = {"floor": 32, "me_cached": 32, "me_uncached": 32, "login": 8,
-            "storm_me": 32, "storm_login": 8}
-    names = {"floor": "floor (GET /healthz)", "me_cached": "me-cached",
-             "me_uncached": "me-uncached (--cache-capacity 0)", "login": "login (bcrypt cost 12)",
-             "storm_me": "storm: me-cached", "storm_login": "storm: login"}
-    for key in conc:
+    lines += ["| scenario | concurrency | req/s | / bare | p50 (ms) | p99 (ms) | errors |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for key, (name, concurrency) in SCENARIOS.items():
         rps = med(lambda r: r[key]["rps"])
         p50 = med(lambda r: r[key]["p50_ms"])
         p99 = med(lambda r: r[key]["p99_ms"])
         errors = int(sum(r[key]["failed"] + r[key]["socket"] + r[key]["wrk_status"]
                          for r in runs))
-        lines.append(f"| {names[key]} | {conc[key]} | {rps:,.1f} | {p50:.2f} | {p99:.2f} | {errors} |")
+        share = med(lambda r: r[key]["rps"] / r["bare"]["rps"])
+        lines.append(f"| {name} | {concurrency} | {rps:,.1f} | {share:.3f} | {p50:.2f} | {p99:.2f} | {errors} |")
     lines += ["",
               f"bcrypt verification at cost 12: {med(lambda r: r['bcrypt_ms']):.1f} ms; "
               f"login bound = {runs[0]['cores']} cores / that = {med(lambda r: r['login_bound']):.2f} logins/s.",
@@ -257,7 +312,7 @@ def report(outdir, rundirs):
     for key, label, op, target, form in TARGETS:
         values = [r["ratios"][key] for r in runs]
         value = statistics.median(values)
-        met = value >= target if op == ">=" else value <= target
+        met = {">=": value >= target, "<=": value <= target, "<": value < target}[op]
         if not met:
             missed.append(label)
         each = ", ".join(form.format(v) for v in values)
@@ -288,6 +343,10 @@ def main(argv):
         print(token)
     elif cmd == "me":
         me(*args)
+    elif cmd == "verify":
+        verify(*args)
+    elif cmd == "last-used":
+        last_used(*args)
     elif cmd == "login":
         login(*args)
     elif cmd == "wait-listen":

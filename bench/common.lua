@@ -10,7 +10,9 @@ local threads = {}
 local next_id = 0
 
 -- expect: a plain substring every good body must contain (nil: any body).
-function M.install(expect)
+-- expect_header: a header (lower-case name) every good answer must carry,
+-- and the value it must have (nil: no header is checked).
+function M.install(expect, expect_header, expect_value)
    function setup(thread)
       thread:set("id", next_id)
       next_id = next_id + 1
@@ -34,6 +36,11 @@ function M.install(expect)
       elseif expect and not (body and string.find(body, expect, 1, true)) then
          failed = failed + 1
          if sample == "" then sample = "unexpected body: " .. string.sub(body or "", 1, 200) end
+      elseif expect_header and headers[expect_header] ~= expect_value then
+         failed = failed + 1
+         if sample == "" then
+            sample = "header " .. expect_header .. ": " .. tostring(headers[expect_header])
+         end
       end
       if M.after_response then M.after_response(status, body) end
    end

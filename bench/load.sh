@@ -1,34 +1,45 @@
 #!/usr/bin/env bash
-# The load benchmark of issue 5: one command from a clean checkout.
+# The load benchmark (issues 5, 14 and 16): one command from a clean checkout.
 #
 #   bench/load.sh
 #
-# Builds authql in release mode, then BENCH_RUNS times (default 3): starts
-# it on loopback over a fresh SQLite database with bcrypt cost 12, creates
-# users, times one bcrypt verification, and runs each scenario with wrk for
-# BENCH_DURATION seconds (default 10):
+# Builds authql and bench/floor in release mode, then BENCH_RUNS times
+# (default 3): starts them on loopback over a fresh SQLite database with
+# bcrypt cost 12, creates users, times one bcrypt verification, and runs
+# each scenario with wrk for BENCH_DURATION seconds (default 10):
 #
-#   floor        GET /healthz                               32 connections
-#   me-cached    POST /graphql { me { id username } }       32 connections
-#   me-uncached  the same on a second instance, --cache-capacity 0
+#   bare         GET / on bench/floor, a bare poem server   32 connections
+#                answering constant JSON: the floor every ratio is taken to
+#   healthz      GET /healthz, authql's middleware and nothing else     32
+#   verify       GET /auth/verify with a bearer token (forward auth)    32
+#   me-cached    POST /graphql { me { id username } }                   32
+#   me-quiet     the same on an instance whose --last-used-interval is a
+#                year, so no use is ever due to be noted: what noting
+#                lastUsedAt at the default interval costs me-cached
+#   me-uncached  the same on an instance with --cache-capacity 0        32
 #   login        the login mutation (throttling raised)      8 connections
 #   storm        me-cached (32) and login (8) at once; me's figures reported
 #   memory       VmRSS idle, and after BENCH_MEMORY_TOKENS (100,000)
 #                distinct tokens have been resolved through the cache
 #
+# The token of verify and the me scenarios was last used an hour ago (a row
+# written the way the server writes one), so at the default interval its
+# use is due to be noted: the cost is measured, not skipped.
+#
 # It fails (non-zero exit) at the first request that errs (a status other
 # than 200, a socket error or timeout, a GraphQL "errors" in a body, a body
-# without the expected user or token) and when a sanity check before or
-# after the load fails. It prints one line per figure as it goes, then the
-# medians and the issue's ratios as a Markdown table, also written to
-# bench/results/<time>/summary.md. A missed target is reported; with
+# or header without the expected user or token) and when a sanity check
+# before or after the load fails. It prints one line per figure as it goes,
+# then the medians and the issues' ratios as a Markdown table, also written
+# to bench/results/<time>/summary.md. A missed target is reported; with
 # BENCH_ENFORCE=1 it also makes the exit status 3.
 #
 # Settings (environment): BENCH_RUNS, BENCH_DURATION, BENCH_MEMORY_TOKENS,
 # BENCH_HASH_CONCURRENCY (passed as --hash-concurrency; unset: the
 # server's default), BENCH_MEMORY_FLAGS (more flags for the memory
 # instance, for experiments such as --cache-capacity 0), BENCH_SKIP_BUILD=1
-# (use the binaries already built).
+# (use the binaries already built), BENCH_AUTHQL (another authql binary,
+# e.g. an older build to compare with in the same run).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -62,17 +73,25 @@ PY="python3 $BENCH_DIR/bench.py"
 cd "$ROOT"
 if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
     say "building (release)"
-    cargo build --release --quiet --bin authql
+    cargo build --release --quiet --bin authql --package authql --package authql-bench-floor
 fi
-AUTHQL="$ROOT/target/release/authql"
+AUTHQL=${BENCH_AUTHQL:-"$ROOT/target/release/authql"}
+FLOOR="$ROOT/target/release/authql-bench-floor"
 [[ -x "$AUTHQL" ]] || fail "no $AUTHQL"
-# The bcrypt timer: benches/bcrypt_time.rs, the server's own bcrypt crate.
-BCRYPT_TIME=$(cargo bench --quiet --bench bcrypt_time --no-run --message-format=json 2>/dev/null |
+[[ -x "$FLOOR" ]] || fail "no $FLOOR"
+# The bcrypt timer: benches/bcrypt_time.rs, the server's own bcrypt crate
+# (with BENCH_SKIP_BUILD=1, the newest one built).
+if [[ "${BENCH_SKIP_BUILD:-0}" == 1 ]]; then
+    BCRYPT_TIME=$(find "$ROOT/target/release/deps" -maxdepth 1 -type f -executable -name 'bcrypt_time-*' \
+        -printf '%T@ %p\n' 2>/dev/null | sort -rn | head -1 | cut -d' ' -f2-)
+else
+    BCRYPT_TIME=$(cargo bench --quiet --bench bcrypt_time --no-run --message-format=json 2>/dev/null |
     python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "bcrypt_time":
         print(m["executable"])')
+fi
 [[ -x "$BCRYPT_TIME" ]] || fail "cannot build benches/bcrypt_time.rs"
 
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -118,10 +137,29 @@ start_server() {
     curl -fsS "$SERVER_URL/healthz" >/dev/null || fail "$name: /healthz failed"
 }
 
+# start_floor: starts bench/floor; sets FLOOR_PID and FLOOR_URL.
+start_floor() {
+    local log="$RUN_DIR/floor.log"
+    "$FLOOR" 127.0.0.1:0 >"$log" 2>&1 &
+    FLOOR_PID=$!
+    SERVER_PIDS+=("$FLOOR_PID")
+    local tries=0
+    until grep -q '^listening on ' "$log"; do
+        ((tries++ < 100)) || fail "bench/floor did not start (see $log)"
+        sleep 0.1
+    done
+    FLOOR_URL="http://$(sed -n 's/^listening on //p' "$log" | head -1)"
+}
+
 stop_server() {
     local pid=$1
     kill -TERM "$pid"
     wait "$pid" || fail "a server (pid $pid) did not stop cleanly"
+    forget_pid "$pid"
+}
+
+forget_pid() {
+    local pid=$1
     local kept=()
     local p
     for p in "${SERVER_PIDS[@]}"; do
@@ -204,14 +242,24 @@ one_run() {
 
     start_server cached "$db"
     local cached_pid=$SERVER_PID cached_url=$SERVER_URL
+    start_server quiet "$db" --last-used-interval 31536000
+    local quiet_pid=$SERVER_PID quiet_url=$SERVER_URL
     start_server uncached "$db" --cache-capacity 0
     local uncached_pid=$SERVER_PID uncached_url=$SERVER_URL
+    start_floor
 
     # Sanity before: a login returns a token, and `me` names the user on
-    # both instances.
+    # every instance. The scenarios use a second token of the same user,
+    # last used an hour ago.
+    $PY sanity "$cached_url" "$me_user" "$me_password" >/dev/null
     local token
-    token=$($PY sanity "$cached_url" "$me_user" "$me_password")
-    $PY me "$uncached_url" "$token" "$me_user"
+    $PY tokens "$dbfile" "$me_user" 1 "$dir/aged.txt" 3600
+    token=$(cat "$dir/aged.txt")
+    local url
+    for url in "$cached_url" "$quiet_url" "$uncached_url"; do
+        $PY me "$url" "$token" "$me_user"
+    done
+    $PY verify "$cached_url" "$token" "$me_user"
     $PY login "$cached_url" "$login_user" "$login_password"
 
     # One bcrypt verification at cost 12, on an idle machine, same run.
@@ -221,8 +269,11 @@ one_run() {
     say "  bcrypt cost $COST: one verification ${bcrypt_ms} ms; bound $(python3 -c "print(f'{$CORES / ($bcrypt_ms / 1000):.2f}')") logins/s on $CORES cores"
 
     export BENCH_TOKEN=$token BENCH_USER=$me_user
-    wrk_run floor healthz.lua 32 "$THREADS" "$DURATION" "$cached_url/healthz"
+    wrk_run bare bare.lua 32 "$THREADS" "$DURATION" "$FLOOR_URL/"
+    wrk_run healthz healthz.lua 32 "$THREADS" "$DURATION" "$cached_url/healthz"
+    wrk_run verify verify.lua 32 "$THREADS" "$DURATION" "$cached_url/auth/verify"
     wrk_run me_cached me.lua 32 "$THREADS" "$DURATION" "$cached_url/graphql"
+    wrk_run me_quiet me.lua 32 "$THREADS" "$DURATION" "$quiet_url/graphql"
     wrk_run me_uncached me.lua 32 "$THREADS" "$DURATION" "$uncached_url/graphql"
 
     BENCH_USER=$login_user BENCH_PASSWORD=$login_password \
@@ -240,11 +291,19 @@ one_run() {
     check_wrk storm_login
 
     # Sanity after.
-    $PY me "$cached_url" "$token" "$me_user"
-    $PY me "$uncached_url" "$token" "$me_user"
+    for url in "$cached_url" "$quiet_url" "$uncached_url"; do
+        $PY me "$url" "$token" "$me_user"
+    done
+    $PY verify "$cached_url" "$token" "$me_user"
     $PY login "$cached_url" "$login_user" "$login_password"
+    # The cached instance noted the aged token's use and wrote it.
+    $PY last-used "$dbfile" "$token" 600
     stop_server "$cached_pid"
+    stop_server "$quiet_pid"
     stop_server "$uncached_pid"
+    kill -TERM "$FLOOR_PID"
+    wait "$FLOOR_PID" 2>/dev/null || true # poem's bare server dies of the signal
+    forget_pid "$FLOOR_PID"
 
     # Memory: a fresh instance (default cache capacity, 100,000), idle,
     # then after MEMORY_TOKENS distinct tokens resolved through its cache.
