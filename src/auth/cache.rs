@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use mini_moka::sync::{Cache, ConcurrentCacheExt as _};
 
 use super::tokens::TokenDigest;
-use super::Principal;
+use super::{Principal, User};
 
 #[derive(Clone)]
 struct Entry {
@@ -44,6 +44,9 @@ pub struct TokenCache {
 struct Inner {
     /// `None` when `cache-capacity` is 0.
     entries: Option<Cache<TokenDigest, Entry>>,
+    /// user id → the record the user's cached sessions share, so that a
+    /// user with many sessions is held once (`None` with the cache off).
+    users: Option<Cache<i64, Arc<User>>>,
     /// user id → the counter's value at the user's latest revocation.
     revoked: Cache<i64, u64>,
     counter: AtomicU64,
@@ -75,6 +78,14 @@ impl TokenCache {
                 .time_to_live(ttl)
                 .build()
         });
+        // As many users as there can be sessions, for as long as an entry
+        // lives: a record outlives none of the entries that share it.
+        let users = (capacity > 0).then(|| {
+            Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build()
+        });
         // A mark must outlive every entry it can veto: an entry lives at
         // most `ttl` after it was inserted, which is after the mark's
         // counter value was read. Twice `ttl` covers that with room to
@@ -83,6 +94,7 @@ impl TokenCache {
         Self {
             inner: Arc::new(Inner {
                 entries,
+                users,
                 revoked,
                 counter: AtomicU64::new(1),
                 floor: AtomicU64::new(0),
@@ -155,6 +167,24 @@ impl TokenCache {
                 },
             );
         }
+    }
+
+    /// The shared record for `user`, as just read from the database: the one
+    /// already held when it is the same, else `user`, which replaces it
+    /// (entries made from the older record keep theirs until they are
+    /// reloaded, as they would unshared).
+    pub fn share_user(&self, user: User) -> Arc<User> {
+        let Some(users) = &self.inner.users else {
+            return Arc::new(user);
+        };
+        if let Some(held) = users.get(&user.id) {
+            if *held == user {
+                return held;
+            }
+        }
+        let user = Arc::new(user);
+        users.insert(user.id, Arc::clone(&user));
+        user
     }
 
     /// Drops one token's entry.
@@ -232,12 +262,11 @@ impl TokenCache {
 mod tests {
     use super::*;
     use crate::auth::tokens::Token;
-    use crate::auth::User;
 
     fn principal(user_id: i64, expires_at: DateTime<Utc>) -> Principal {
         Principal {
-            last_used_at: expires_at,
-            user: User {
+            last_used: crate::auth::last_used::LastUse::new(expires_at),
+            user: Arc::new(User {
                 id: user_id,
                 username: format!("user{user_id}"),
                 email: None,
@@ -246,7 +275,7 @@ mod tests {
                 is_active: true,
                 date_joined: Utc::now(),
                 last_login: None,
-            },
+            }),
             session_id: 1,
             expires_at,
         }
@@ -414,5 +443,30 @@ mod tests {
         );
         assert!(!cache.is_enabled());
         assert!(!hit(cache.get(&digest, now)));
+    }
+
+    #[test]
+    fn sessions_of_one_user_share_one_record_until_it_changes() {
+        let cache = TokenCache::new(10, Duration::from_secs(60));
+        let now = Utc::now();
+        let record = principal(7, now).user;
+        let first = cache.share_user((*record).clone());
+        let second = cache.share_user((*record).clone());
+        assert!(Arc::ptr_eq(&first, &second));
+
+        let mut changed = (*record).clone();
+        changed.email_verified = true;
+        let third = cache.share_user(changed.clone());
+        assert!(!Arc::ptr_eq(&first, &third));
+        assert!(third.email_verified);
+        assert!(Arc::ptr_eq(&third, &cache.share_user(changed)));
+    }
+
+    #[test]
+    fn with_the_cache_off_nothing_is_shared() {
+        let cache = TokenCache::new(0, Duration::from_secs(60));
+        let record = principal(7, Utc::now()).user;
+        let first = cache.share_user((*record).clone());
+        assert!(!Arc::ptr_eq(&first, &cache.share_user((*record).clone())));
     }
 }

@@ -2,8 +2,15 @@
 //! its session in memory (at most once per `last-used-interval` per
 //! session), and a background task writes the notes in one transaction
 //! every second.
+//!
+//! A cache hit must not wait on a lock shared by every request, so the
+//! cached principal carries its session's last use as an atomic
+//! ([`LastUse`]): between two notes a request only reads it, and the one
+//! request that finds a note due claims it with a compare-and-swap before
+//! taking the lock.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -27,6 +34,41 @@ pub struct LastUsed {
     noted: Mutex<HashMap<i64, DateTime<Utc>>>,
 }
 
+/// A session's last use as this instance knows it: the database's value
+/// when the principal was loaded, moved forward each time this instance
+/// notes a use. Milliseconds since the epoch.
+#[derive(Debug)]
+pub struct LastUse(AtomicI64);
+
+impl LastUse {
+    pub fn new(at: DateTime<Utc>) -> Self {
+        Self(AtomicI64::new(at.timestamp_millis()))
+    }
+
+    pub fn get(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(self.0.load(Ordering::Relaxed)).unwrap_or_default()
+    }
+
+    /// True for exactly one caller once `interval` has passed since the
+    /// last use known here, which then moves to `now`.
+    fn claim(&self, now: DateTime<Utc>, interval: chrono::Duration) -> bool {
+        let seen = self.0.load(Ordering::Relaxed);
+        let now = now.timestamp_millis();
+        if now.saturating_sub(seen) < interval.num_milliseconds() {
+            return false;
+        }
+        self.0
+            .compare_exchange(seen, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+}
+
+impl Clone for LastUse {
+    fn clone(&self) -> Self {
+        Self(AtomicI64::new(self.0.load(Ordering::Relaxed)))
+    }
+}
+
 impl LastUsed {
     pub fn new(interval: Duration) -> Self {
         Self {
@@ -36,12 +78,14 @@ impl LastUsed {
         }
     }
 
-    /// A request used `session`, last known used at `known`: note it unless
-    /// that was less than `last-used-interval` ago.
-    pub fn used(&self, session: i64, known: DateTime<Utc>, now: DateTime<Utc>) {
-        if now - known < self.interval {
+    /// A request used `session`, whose last use this principal knows as
+    /// `last`: note it unless that was less than `last-used-interval` ago.
+    pub fn used(&self, session: i64, last: &LastUse, now: DateTime<Utc>) {
+        if !last.claim(now, self.interval) {
             return;
         }
+        // Another principal of the same session (the cache off, or the
+        // entry reloaded) may have noted it within the interval.
         let Ok(mut noted) = self.noted.lock() else {
             return;
         };
@@ -118,5 +162,46 @@ pub async fn run(auth: std::sync::Arc<super::AuthService>) {
         if let Err(err) = auth.last_used().flush(auth.db(), auth.clock().now()).await {
             tracing::warn!(error = %err, "writing lastUsedAt failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_due_note_is_claimed_by_exactly_one_of_many_requests() {
+        let interval = chrono::Duration::seconds(60);
+        let loaded = Utc::now() - chrono::Duration::hours(1);
+        let last = std::sync::Arc::new(LastUse::new(loaded));
+        let now = Utc::now();
+        let claims: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let last = std::sync::Arc::clone(&last);
+                    scope.spawn(move || (0..1000).filter(|_| last.claim(now, interval)).count())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(claims, 1);
+        assert_eq!(last.get().timestamp_millis(), now.timestamp_millis());
+        // Due again only once the interval has passed since that note.
+        assert!(!last.claim(now + chrono::Duration::seconds(59), interval));
+        assert!(last.claim(now + chrono::Duration::seconds(60), interval));
+    }
+
+    #[test]
+    fn a_use_is_noted_once_per_interval_even_across_reloaded_principals() {
+        let noter = LastUsed::new(Duration::from_secs(60));
+        let loaded = Utc::now() - chrono::Duration::hours(1);
+        let now = Utc::now();
+        noter.used(1, &LastUse::new(loaded), now);
+        // The cache off: every request loads a principal of its own.
+        noter.used(1, &LastUse::new(loaded), now + chrono::Duration::seconds(1));
+        let pending = noter.pending.lock().unwrap().clone();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[&1], now);
+        assert_eq!(noter.latest(1, loaded), now);
     }
 }

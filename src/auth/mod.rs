@@ -60,7 +60,7 @@ use tokens::Token;
 use username::UsernameHasher;
 
 /// A user as clients see it: no password hash, no throttle state.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct User {
     pub id: i64,
     pub username: String,
@@ -89,13 +89,16 @@ impl From<&user::Model> for User {
 }
 
 /// The signed-in user of a request and the session its token belongs to.
+/// The token cache holds one per token, so it is kept small: the user's
+/// record is shared by all of that user's cached sessions.
 #[derive(Clone, Debug)]
 pub struct Principal {
-    pub user: User,
+    pub user: std::sync::Arc<User>,
     pub session_id: i64,
     pub expires_at: DateTime<Utc>,
-    /// When the session last authenticated a request, as of loading.
-    pub last_used_at: DateTime<Utc>,
+    /// When the session last authenticated a request, as far as this
+    /// instance knows.
+    pub last_used: last_used::LastUse,
 }
 
 /// One live token of a user.

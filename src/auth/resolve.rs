@@ -7,6 +7,7 @@ use std::sync::Arc;
 use sea_orm::{ColumnTrait as _, EntityTrait as _, QueryFilter as _};
 
 use super::cache::Lookup;
+use super::last_used::LastUse;
 use super::tokens::{Token, TokenDigest};
 use super::{invalid_token, AuthService, Credential, Principal, User};
 use crate::db::entities::{auth_token, user};
@@ -43,7 +44,7 @@ impl AuthService {
         if let Lookup::Hit(principal) = self.cache.get(&digest, now) {
             if now < principal.expires_at && !self.looks_idle(&principal, now) {
                 self.last_used
-                    .used(principal.session_id, principal.last_used_at, now);
+                    .used(principal.session_id, &principal.last_used, now);
                 metrics::token_resolved("cache");
                 return Ok(principal);
             }
@@ -76,29 +77,27 @@ impl AuthService {
                 return Err(AuthError::Unauthenticated(Unauthenticated::TokenExpired));
             }
         }
-        let principal = Principal {
-            user: User::from(&owner),
+        let principal = Arc::new(Principal {
+            user: self.cache.share_user(User::from(&owner)),
             session_id: session.id,
             expires_at: session.expires_at,
-            last_used_at: session.last_used_at.unwrap_or(session.created_at),
-        };
-        let principal = Arc::new(principal);
+            last_used: LastUse::new(session.last_used_at.unwrap_or(session.created_at)),
+        });
         self.cache
             .insert(digest, Arc::clone(&principal), generation, now);
         self.last_used
-            .used(principal.session_id, principal.last_used_at, now);
+            .used(principal.session_id, &principal.last_used, now);
         metrics::token_resolved("database");
         Ok(principal)
     }
 
     /// The cached view says idle: the database, which may know of use on
-    /// another instance, decides.
+    /// another instance, decides. The lock-free view first; the notes of
+    /// this instance only when that looks idle.
     fn looks_idle(&self, principal: &Principal, now: chrono::DateTime<chrono::Utc>) -> bool {
         self.idle_timeout.is_some_and(|idle| {
-            let last = self
-                .last_used
-                .latest(principal.session_id, principal.last_used_at);
-            now - last >= idle
+            let known = principal.last_used.get();
+            now - known >= idle && now - self.last_used.latest(principal.session_id, known) >= idle
         })
     }
 

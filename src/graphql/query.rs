@@ -13,7 +13,7 @@ impl Query {
     /// The signed-in user.
     async fn me(&self, ctx: &Context<'_>) -> Result<UserObject, AuthError> {
         let principal = request(ctx)?.principal().await?;
-        Ok(UserObject::from(&principal.user))
+        Ok(UserObject::from(&*principal.user))
     }
 
     /// The signed-in user's live sessions (unexpired tokens), newest first.
