@@ -102,13 +102,7 @@ pub struct TokenDigest([u8; 32]);
 impl TokenDigest {
     /// Lower-case hex, as stored in `auth_tokens.digest`.
     pub fn to_hex(self) -> String {
-        use std::fmt::Write as _;
-        self.0
-            .iter()
-            .fold(String::with_capacity(64), |mut out, byte| {
-                let _ = write!(out, "{byte:02x}");
-                out
-            })
+        hex::encode(self.0)
     }
 }
 

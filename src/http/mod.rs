@@ -131,7 +131,7 @@ fn new_request_id() -> String {
     use rand::Rng as _;
     let mut bytes = [0u8; 12];
     rand::rng().fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 /// A fixed label per route, never the raw path, for metrics.
