@@ -6,7 +6,6 @@
 //! `TEST_DATABASE_URL` set and `--ignored` (see `helpers`).
 
 use std::net::SocketAddr;
-use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
 use crate::helpers::metrics::{scrape, total};
-use crate::helpers::process::run_authql;
+use crate::helpers::process::run_authql_off_thread as cli;
 use crate::helpers::{
     error_code, error_reason, random_text, spawn_postgres_app, wait_for_refusal, TestApp, TestUser,
 };
@@ -90,18 +89,6 @@ async fn logout(app: &TestApp, token: &str) {
         .graphql("mutation { logout }", json!({}), Some(token))
         .await;
     assert_eq!(body["data"]["logout"], true, "{body}");
-}
-
-/// [`run_authql`] against `database_url`, off the async thread.
-async fn cli(database_url: &str, args: &[&str], stdin: Option<String>) -> Output {
-    let database_url = database_url.to_owned();
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_authql(&args, &database_url, stdin.as_deref())
-    })
-    .await
-    .expect("cli task")
 }
 
 #[tokio::test]
@@ -224,20 +211,18 @@ async fn cli_set_password_is_refused_by_every_instance_within_a_second() {
     assert!(b.me(&b.login(&renewed).await).await["data"]["me"].is_object());
 }
 
-#[tokio::test]
-#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]
-async fn cli_deactivate_is_refused_by_every_instance_within_a_second() {
+/// Runs `authql user COMMAND USERNAME extra…` while each of two instances
+/// has one of the user's tokens cached; both must refuse it within a
+/// second, and the password must no longer sign in.
+async fn cli_command_is_refused_by_every_instance_within_a_second(command: &str, extra: &[&str]) {
     let (a, b, user) = pair().await;
     let (on_a, on_b) = (a.login(&user).await, b.login(&user).await);
     warm_on(&a, &on_a).await;
     warm_on(&b, &on_b).await;
 
-    let output = cli(
-        &a.database_url,
-        &["user", "deactivate", &user.username],
-        None,
-    )
-    .await;
+    let mut args = vec!["user", command, &user.username];
+    args.extend(extra);
+    let output = cli(&a.database_url, &args, None).await;
     assert!(
         output.status.success(),
         "{}",
@@ -248,6 +233,18 @@ async fn cli_deactivate_is_refused_by_every_instance_within_a_second() {
     assert_eq!(wait_for_refusal(&b, &on_b).await, "INVALID_TOKEN");
     let body = b.login_as(&user.username, &user.password).await;
     assert_eq!(error_code(&body), "INVALID_CREDENTIALS");
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]
+async fn cli_deactivate_is_refused_by_every_instance_within_a_second() {
+    cli_command_is_refused_by_every_instance_within_a_second("deactivate", &[]).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]
+async fn cli_delete_is_refused_by_every_instance_within_a_second() {
+    cli_command_is_refused_by_every_instance_within_a_second("delete", &["--yes"]).await;
 }
 
 #[tokio::test]
