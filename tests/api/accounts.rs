@@ -3,7 +3,6 @@
 //! only the known one, and its link works once, expires, dies when a newer
 //! one is mailed, and sets a password that ends every session.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use authql::auth::passwords::Password;
@@ -11,6 +10,7 @@ use authql::config::{EmailVerification, SettingError};
 use authql::startup::App;
 use serde_json::{json, Value};
 
+use crate::helpers::mail::{mails, token_in, wait_for_mails};
 use crate::helpers::{
     error_code, error_reason, error_reasons, spawn_app_with, test_settings, TestApp, TestUser,
 };
@@ -43,54 +43,6 @@ async fn user_with_email(app: &TestApp, email: &str) -> TestUser {
         .await
         .expect("user created");
     user
-}
-
-fn mails(dir: &Path) -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "eml"))
-                .collect()
-        })
-        .unwrap_or_default();
-    found.sort();
-    found
-}
-
-/// Waits (up to 10 s) until `count` mails are in `dir`; returns their text,
-/// with quoted-printable soft breaks and `=3D` undone.
-async fn wait_for_mails(dir: &Path, count: usize) -> Vec<String> {
-    for _ in 0..200 {
-        let found = mails(dir);
-        if found.len() >= count {
-            return found
-                .iter()
-                .map(|p| {
-                    std::fs::read_to_string(p)
-                        .expect("mail readable")
-                        .replace("=\r\n", "")
-                        .replace("=3D", "=")
-                })
-                .collect();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "expected {count} mails in {}, found {}",
-        dir.display(),
-        mails(dir).len()
-    );
-}
-
-/// The first token with `prefix` in a mail.
-fn token_in(mail: &str, prefix: &str) -> String {
-    let start = mail.find(prefix).expect("a token in the mail");
-    mail[start..]
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-        .collect()
 }
 
 async fn request_reset(app: &TestApp, email: &str) -> Value {

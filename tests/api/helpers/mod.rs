@@ -5,8 +5,9 @@
 //!
 //! Everything the test files share lives here, and no test file imports
 //! another: [`browser`] (headless Chromium over the DevTools protocol),
-//! [`captcha_stub`] (a siteverify stand-in), [`metrics`] (reading
-//! `/metrics`), [`process`] (the real binary as its own process).
+//! [`captcha_stub`] (a siteverify stand-in), [`mail`] (mails written to
+//! `--mail-dir`), [`metrics`] (reading `/metrics`), [`process`] (the real
+//! binary as its own process).
 //!
 //! A test that needs PostgreSQL is marked
 //! `#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]`
@@ -20,6 +21,7 @@
 
 pub mod browser;
 pub mod captcha_stub;
+pub mod mail;
 pub mod metrics;
 pub mod process;
 
@@ -222,18 +224,28 @@ impl TestApp {
         body
     }
 
-    /// Creates an active user with a random name and a strong password.
+    /// Creates an active user with a random name and a strong password,
+    /// whose address is `USERNAME@example.com`.
     pub async fn create_user(&self) -> TestUser {
+        let username = format!("user_{}", random_text(10).to_lowercase());
+        let email = format!("{username}@example.com");
+        self.create_named_user(username, Some(&email)).await
+    }
+
+    /// [`create_user`](Self::create_user) with the address `email` (verified,
+    /// as for any user an operator creates).
+    pub async fn create_user_with_email(&self, email: &str) -> TestUser {
+        let username = format!("user_{}", random_text(10).to_lowercase());
+        self.create_named_user(username, Some(email)).await
+    }
+
+    async fn create_named_user(&self, username: String, email: Option<&str>) -> TestUser {
         let user = TestUser {
-            username: format!("user_{}", random_text(10).to_lowercase()),
+            username,
             password: format!("{} {} {}", random_text(8), random_text(8), random_text(8)),
         };
         self.auth
-            .create_user(
-                &user.username,
-                Some(&format!("{}@example.com", user.username)),
-                Password::new(&user.password),
-            )
+            .create_user(&user.username, email, Password::new(&user.password))
             .await
             .expect("user created");
         user
