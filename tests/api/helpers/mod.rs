@@ -7,7 +7,7 @@
 //! another: [`browser`] (headless Chromium over the DevTools protocol),
 //! [`captcha_stub`] (a siteverify stand-in), [`mail`] (mails written to
 //! `--mail-dir`), [`metrics`] (reading `/metrics`), [`process`] (the real
-//! binary as its own process).
+//! binary as its own process), [`smtp_server`] (an SMTP server on loopback).
 //!
 //! A test that needs PostgreSQL is marked
 //! `#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]`
@@ -24,6 +24,7 @@ pub mod captcha_stub;
 pub mod mail;
 pub mod metrics;
 pub mod process;
+pub mod smtp_server;
 
 use std::sync::Arc;
 use std::time::Duration;
