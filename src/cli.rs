@@ -77,6 +77,41 @@ pub enum UserCommand {
         #[command(flatten)]
         log: LogArgs,
     },
+    /// Re-activate a deactivated user, who then signs in with the same
+    /// password.
+    Activate {
+        /// The user to activate.
+        username: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        log: LogArgs,
+    },
+    /// List users: id, username, email and whether it is verified, active,
+    /// two-factor sign-in, last login, live sessions.
+    List {
+        /// Print a JSON array of objects instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        log: LogArgs,
+    },
+    /// Delete a user with its sessions and tokens, mailed links and
+    /// recovery codes. Asks for confirmation on a terminal unless --yes.
+    Delete {
+        /// The user to delete.
+        username: String,
+        /// Delete without asking (needed when standard input is not a
+        /// terminal).
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        log: LogArgs,
+    },
     /// Turn a user's two-factor sign-in (TOTP) off and revoke all of the
     /// user's tokens.
     ResetMfa {
@@ -151,6 +186,9 @@ impl Command {
                     ..
                 }
                 | UserCommand::Deactivate { log, .. }
+                | UserCommand::Activate { log, .. }
+                | UserCommand::List { log, .. }
+                | UserCommand::Delete { log, .. }
                 | UserCommand::ResetMfa { log, .. },
             ) => log.log_format,
             Self::Schema => LogFormat::Text,

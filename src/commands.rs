@@ -5,12 +5,14 @@
 //! echo); the rules they apply live in `crate::auth`.
 
 use std::ffi::OsString;
-use std::io::BufRead;
+use std::io::{BufRead, IsTerminal as _, Write};
 
 use anyhow::Context as _;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
 
 use crate::auth::AuthService;
-use crate::auth::Password;
+use crate::auth::{Password, UserListing};
 use crate::cli::{came_from_env, UserCommand};
 use crate::clock::Clock;
 use crate::config::{DatabaseArgs, PasswordArgs, ServeArgs, SettingError, Settings};
@@ -93,6 +95,63 @@ pub async fn user(command: UserCommand) -> anyhow::Result<()> {
             eprintln!("user deactivated; {revoked} session(s) revoked");
             warn_about_sqlite_caches(sqlite);
         }
+        UserCommand::Activate {
+            username,
+            database,
+            log: _,
+        } => {
+            let auth = open(database, PasswordArgs::default()).await?;
+            if auth.activate(&username).await.map_err(explain)? {
+                eprintln!("user activated; it signs in with its password again");
+            } else {
+                eprintln!("user {username} is already active; nothing changed");
+            }
+        }
+        UserCommand::List {
+            json,
+            database,
+            log: _,
+        } => {
+            let auth = open(database, PasswordArgs::default()).await?;
+            let users = auth.list_users().await.map_err(explain)?;
+            let text = if json {
+                listing_json(&users)?
+            } else {
+                listing_table(&users)
+            };
+            std::io::stdout()
+                .lock()
+                .write_all(text.as_bytes())
+                .context("cannot write the list")?;
+        }
+        UserCommand::Delete {
+            username,
+            yes,
+            database,
+            log: _,
+        } => {
+            // Refused before the database is touched: a script that forgot
+            // --yes learns it whether or not the user exists.
+            anyhow::ensure!(
+                yes || std::io::stdin().is_terminal(),
+                "not deleting {username}: standard input is not a terminal, so there is no one \
+                 to confirm; pass --yes to delete without asking"
+            );
+            let sqlite = is_sqlite(&database);
+            let auth = open(database, PasswordArgs::default()).await?;
+            let target = auth.describe_user(&username).await.map_err(explain)?;
+            if !yes {
+                let question = deletion_question(&target);
+                let confirmed = ask(&question, std::io::stdin().lock(), std::io::stderr())?;
+                anyhow::ensure!(confirmed, "not confirmed; nothing deleted");
+            }
+            let revoked = auth.delete_user(target.user.id).await.map_err(explain)?;
+            eprintln!(
+                "user {} deleted; {revoked} session(s) revoked",
+                target.user.username
+            );
+            warn_about_sqlite_caches(sqlite);
+        }
         UserCommand::ResetMfa {
             username,
             database,
@@ -135,6 +194,139 @@ fn warn_about_sqlite_caches(sqlite: bool) {
              are told at once"
         );
     }
+}
+
+/// A user in `authql user list --json`: the names of the GraphQL `User`
+/// type's fields, plus `liveSessions`; the id is a number.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ListedUser<'a> {
+    id: i64,
+    username: &'a str,
+    email: Option<&'a str>,
+    email_verified: bool,
+    is_active: bool,
+    mfa_enabled: bool,
+    last_login: Option<String>,
+    live_sessions: u64,
+}
+
+/// The list as a JSON array, one object per user, ending in a newline.
+fn listing_json(users: &[UserListing]) -> anyhow::Result<String> {
+    let listed: Vec<ListedUser<'_>> = users
+        .iter()
+        .map(
+            |UserListing {
+                 user,
+                 live_sessions,
+             }| ListedUser {
+                id: user.id,
+                username: &user.username,
+                email: user.email.as_deref(),
+                email_verified: user.email_verified,
+                is_active: user.is_active,
+                mfa_enabled: user.mfa_enabled,
+                last_login: user.last_login.map(timestamp),
+                live_sessions: *live_sessions,
+            },
+        )
+        .collect();
+    let mut text = serde_json::to_string_pretty(&listed).context("cannot write JSON")?;
+    text.push('\n');
+    Ok(text)
+}
+
+const LIST_HEADER: [&str; 8] = [
+    "ID",
+    "USERNAME",
+    "EMAIL",
+    "VERIFIED",
+    "ACTIVE",
+    "MFA",
+    "LAST LOGIN",
+    "SESSIONS",
+];
+
+/// The list as a table with a header line, columns padded to their widest
+/// cell. Control characters are escaped: an address registered by anyone
+/// must not drive the operator's terminal.
+fn listing_table(users: &[UserListing]) -> String {
+    let yes_no = |flag: bool| if flag { "yes" } else { "no" };
+    let mut rows = vec![LIST_HEADER.map(str::to_owned)];
+    for UserListing {
+        user,
+        live_sessions,
+    } in users
+    {
+        rows.push([
+            user.id.to_string(),
+            user.username.escape_debug().to_string(),
+            user.email
+                .as_deref()
+                .map_or_else(|| "-".to_owned(), |e| e.escape_debug().to_string()),
+            // No address, nothing to verify.
+            if user.email.is_some() {
+                yes_no(user.email_verified).to_owned()
+            } else {
+                "-".to_owned()
+            },
+            yes_no(user.is_active).to_owned(),
+            if user.mfa_enabled { "on" } else { "off" }.to_owned(),
+            user.last_login
+                .map_or_else(|| "never".to_owned(), timestamp),
+            live_sessions.to_string(),
+        ]);
+    }
+    let mut widths = [0; LIST_HEADER.len()];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut text = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        text.push_str(cells.join("  ").trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+/// RFC 3339 in UTC, to the second.
+fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// What `user delete` asks before it deletes.
+fn deletion_question(target: &UserListing) -> String {
+    let user = &target.user;
+    format!(
+        "Delete user {} (id {}, email {}, {} live session(s))? This cannot be undone. [y/N] ",
+        user.username,
+        user.id,
+        user.email.as_deref().unwrap_or("none").escape_debug(),
+        target.live_sessions
+    )
+}
+
+/// Writes `question` to `output` and reads one line of `input`: true for
+/// `y` or `yes` in any case; anything else, an empty line or the end of
+/// input is a no.
+fn ask(question: &str, mut input: impl BufRead, mut output: impl Write) -> anyhow::Result<bool> {
+    output
+        .write_all(question.as_bytes())
+        .and_then(|()| output.flush())
+        .context("cannot ask for confirmation")?;
+    let mut answer = String::new();
+    input
+        .read_line(&mut answer)
+        .context("cannot read the answer")?;
+    let answer = answer.trim().to_ascii_lowercase();
+    Ok(answer == "y" || answer == "yes")
 }
 
 /// The password from the first line of stdin, or typed twice at a prompt
@@ -211,6 +403,79 @@ mod tests {
         }
         assert!(first_line_password("\n".as_bytes()).is_err());
         assert!(first_line_password("".as_bytes()).is_err());
+    }
+
+    #[test]
+    fn only_y_or_yes_confirms() {
+        for (typed, confirmed) in [
+            ("y\n", true),
+            ("YES\n", true),
+            (" yes \r\n", true),
+            ("n\n", false),
+            ("\n", false),
+            ("", false),
+            ("yes please\n", false),
+        ] {
+            let mut shown = Vec::new();
+            let answer = ask("Delete? [y/N] ", typed.as_bytes(), &mut shown).unwrap();
+            assert_eq!(answer, confirmed, "{typed:?}");
+            assert_eq!(shown, b"Delete? [y/N] ");
+        }
+    }
+
+    fn listing(email: Option<&str>) -> UserListing {
+        UserListing {
+            user: crate::auth::User {
+                id: 7,
+                username: "alice".into(),
+                email: email.map(str::to_owned),
+                email_verified: email.is_some(),
+                mfa_enabled: true,
+                is_active: true,
+                date_joined: DateTime::UNIX_EPOCH,
+                last_login: None,
+            },
+            live_sessions: 2,
+        }
+    }
+
+    #[test]
+    fn the_table_aligns_its_columns_and_escapes_control_characters() {
+        let table = listing_table(&[listing(Some("a\u{1b}[2J@example.com")), listing(None)]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[0],
+            "ID  USERNAME  EMAIL                   VERIFIED  ACTIVE  MFA  LAST LOGIN  SESSIONS"
+        );
+        assert_eq!(
+            lines[1],
+            "7   alice     a\\u{1b}[2J@example.com  yes       yes     on   never       2"
+        );
+        assert_eq!(
+            lines[2],
+            "7   alice     -                       -         yes     on   never       2"
+        );
+        assert!(!table.contains('\u{1b}'));
+    }
+
+    #[test]
+    fn the_json_list_has_stable_field_names() {
+        let text = listing_json(&[listing(None)]).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!([{
+                "id": 7,
+                "username": "alice",
+                "email": null,
+                "emailVerified": false,
+                "isActive": true,
+                "mfaEnabled": true,
+                "lastLogin": null,
+                "liveSessions": 2,
+            }])
+        );
+        assert!(listing_json(&[]).unwrap().starts_with("[]"));
     }
 
     #[test]

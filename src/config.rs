@@ -968,4 +968,16 @@ mod tests {
         assert!(!printed.contains("hush-hush"));
         assert!(!printed.contains("pw123"));
     }
+
+    #[test]
+    fn debug_output_hides_the_smtp_password_and_says_smtp_is_set() {
+        let settings = Settings::from_args(&[
+            "--smtp-url",
+            "smtps://mailer:smtp-s3cret@mail.example.com:465",
+        ]);
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("smtp-s3cret"), "{printed}");
+        assert!(!printed.contains("mailer:"), "{printed}");
+        assert!(printed.contains("smtp: Some(\"[redacted]\")"), "{printed}");
+    }
 }

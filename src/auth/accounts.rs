@@ -494,10 +494,12 @@ impl AuthService {
                 .exec(&txn)
                 .await?;
         }
+        // Cached entries carry the old address or its unverified state:
+        // every instance drops them and reads the new record at its next
+        // request, not after `cache-ttl`.
+        revocation::announce_in(&txn, link.user_id).await?;
         txn.commit().await?;
-        // Cached entries carry the old address: drop them so this instance
-        // reads the new one (other instances within `cache-ttl`).
-        self.cache.revoke_user(link.user_id);
+        self.revoker.after_commit(link.user_id);
         if purpose == Purpose::EmailChange {
             audit!(
                 "email_changed",

@@ -39,6 +39,7 @@ pub mod users;
 pub use accounts::Registered;
 pub use mfa::TotpEnrollment;
 pub use passwords::Password;
+pub use users::UserListing;
 
 use std::net::IpAddr;
 

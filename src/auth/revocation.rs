@@ -4,6 +4,9 @@
 //! the same transaction sends `NOTIFY authql_revocations, '<user id>'`, so
 //! every instance listening (see `crate::auth::listener`) drops that user's
 //! entries too; the notification is delivered only if the delete commits.
+//! The notice means "forget what you cached about this user", so changes
+//! to a user's cached record that revoke nothing (an address verified or
+//! changed) send it too ([`announce_in`]).
 //!
 //! A revocation asked for by a signed-in request runs only while the
 //! request's own session still exists, checked by the deleting statement
@@ -114,6 +117,20 @@ pub async fn revoke_in<C: ConnectionTrait>(
         .exec(txn)
         .await?
         .rows_affected;
+    announce_in(txn, user_id).await?;
+    Ok(deleted)
+}
+
+/// Tells every instance, once the caller's transaction commits, to forget
+/// what its cache holds about `user_id` (on PostgreSQL; elsewhere there is
+/// no one to tell). A revocation sends it; so does any change to what a
+/// cached entry carries about the user (the address, whether it is
+/// verified), so that no instance serves the old value for `cache-ttl`.
+/// Call [`Revoker::after_commit`] once committed, for this instance.
+///
+/// # Errors
+/// A database error.
+pub async fn announce_in<C: ConnectionTrait>(txn: &C, user_id: i64) -> Result<(), DbErr> {
     if txn.get_database_backend() == DbBackend::Postgres {
         txn.execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
@@ -122,7 +139,7 @@ pub async fn revoke_in<C: ConnectionTrait>(
         ))
         .await?;
     }
-    Ok(deleted)
+    Ok(())
 }
 
 /// True while the session `principal` acts through exists: a condition for

@@ -301,6 +301,19 @@ mod tests {
     }
 
     #[test]
+    fn an_smtp_url_lettre_refuses_is_named_without_its_password() {
+        let mut settings = Settings::from_args(&[]);
+        settings.smtp_url = Some("smtpx://mailer:smtp-s3cret@mail.example.com".into());
+        let Err(err) = Mailer::from_settings(&settings) else {
+            panic!("accepted");
+        };
+        for text in [format!("{err:#}"), format!("{err:?}")] {
+            assert!(!text.contains("smtp-s3cret"), "{text}");
+            assert!(text.contains("--smtp-url"), "{text}");
+        }
+    }
+
+    #[test]
     fn debug_output_hides_the_link() {
         let mail = Mail {
             to: "a@example.com".into(),

@@ -3,7 +3,6 @@
 //! only the known one, and its link works once, expires, dies when a newer
 //! one is mailed, and sets a password that ends every session.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use authql::auth::passwords::Password;
@@ -11,8 +10,10 @@ use authql::config::{EmailVerification, SettingError};
 use authql::startup::App;
 use serde_json::{json, Value};
 
+use crate::helpers::mail::{mails, token_in, wait_for_mails};
 use crate::helpers::{
-    error_code, error_reason, error_reasons, spawn_app_with, test_settings, TestApp, TestUser,
+    empty_database, error_code, error_reason, error_reasons, spawn_app_on, spawn_app_with,
+    test_settings, Backend, TestApp, TestUser,
 };
 
 const REQUEST: &str = "mutation($e: String!) { requestPasswordReset(email: $e) }";
@@ -43,54 +44,6 @@ async fn user_with_email(app: &TestApp, email: &str) -> TestUser {
         .await
         .expect("user created");
     user
-}
-
-fn mails(dir: &Path) -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "eml"))
-                .collect()
-        })
-        .unwrap_or_default();
-    found.sort();
-    found
-}
-
-/// Waits (up to 10 s) until `count` mails are in `dir`; returns their text,
-/// with quoted-printable soft breaks and `=3D` undone.
-async fn wait_for_mails(dir: &Path, count: usize) -> Vec<String> {
-    for _ in 0..200 {
-        let found = mails(dir);
-        if found.len() >= count {
-            return found
-                .iter()
-                .map(|p| {
-                    std::fs::read_to_string(p)
-                        .expect("mail readable")
-                        .replace("=\r\n", "")
-                        .replace("=3D", "=")
-                })
-                .collect();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "expected {count} mails in {}, found {}",
-        dir.display(),
-        mails(dir).len()
-    );
-}
-
-/// The first token with `prefix` in a mail.
-fn token_in(mail: &str, prefix: &str) -> String {
-    let start = mail.find(prefix).expect("a token in the mail");
-    mail[start..]
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-        .collect()
 }
 
 async fn request_reset(app: &TestApp, email: &str) -> Value {
@@ -296,20 +249,36 @@ async fn a_changed_password_kills_a_mailed_reset_link() {
     );
 }
 
-/// Users made before the accounts step, sharing addresses in any case.
-const BEFORE_ACCOUNTS: u32 = 4;
+/// How many migration steps come before the accounts step: a database at
+/// that step is what this release upgrades.
+fn steps_before_accounts() -> u32 {
+    use migration::MigratorTrait as _;
+    let steps = migration::Migrator::migrations();
+    let position = steps
+        .iter()
+        .position(|step| step.name() == "m20261201_000004_accounts")
+        .expect("the accounts step is listed");
+    u32::try_from(position).expect("a few steps")
+}
 
-#[tokio::test]
-async fn upgrading_a_database_with_duplicate_emails_keeps_the_oldest_holder_of_each() {
+/// Builds a database at the step before the accounts step holding users
+/// whose addresses differ only in case, and a live session of one that
+/// loses its address; then starts a server on it, which upgrades it in
+/// place. The oldest holder of each address keeps it (verified: an
+/// operator set it), the others lose it and keep signing in by name and
+/// with their sessions; the new index refuses a duplicate in another case.
+async fn upgrade_with_duplicate_emails(backend: Backend) {
+    use authql::auth::tokens::Token;
     use migration::MigratorTrait as _;
     use sea_orm::{ConnectionTrait as _, Database, Statement};
 
-    let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
+    let (storage, url) = empty_database(backend).await;
     let db = Database::connect(&url).await.expect("connects");
-    migration::Migrator::up(&db, Some(BEFORE_ACCOUNTS))
+    migration::Migrator::up(&db, Some(steps_before_accounts()))
         .await
         .expect("old steps");
+    let backend = db.get_database_backend();
+    let joined = chrono::Utc::now() - chrono::Duration::days(30);
     for (name, email) in [
         ("first", Some("Shared@Example.com")),
         ("second", Some("shared@example.com")),
@@ -318,20 +287,36 @@ async fn upgrading_a_database_with_duplicate_emails_keeps_the_oldest_holder_of_e
         ("none", None),
     ] {
         db.execute_raw(Statement::from_sql_and_values(
-            db.get_database_backend(),
+            backend,
             "INSERT INTO users (username, email, password_hash, is_active, date_joined) \
-             VALUES ($1, $2, 'x', TRUE, '2025-01-01T00:00:00Z')",
-            [name.into(), email.map(str::to_owned).into()],
+             VALUES ($1, $2, 'x', TRUE, $3)",
+            [name.into(), email.map(str::to_owned).into(), joined.into()],
         ))
         .await
         .expect("old user inserted");
     }
+    let session = Token::generate();
+    let now = chrono::Utc::now();
+    db.execute_raw(Statement::from_sql_and_values(
+        backend,
+        "INSERT INTO auth_tokens (user_id, digest, created_at, expires_at) \
+         SELECT id, $1, $2, $3 FROM users WHERE username = 'second'",
+        [
+            session.digest().to_hex().into(),
+            now.into(),
+            (now + chrono::Duration::days(1)).into(),
+        ],
+    ))
+    .await
+    .expect("old session inserted");
+    db.close().await.expect("closed");
 
-    migration::Migrator::up(&db, None).await.expect("upgrade");
+    let app = spawn_app_on(storage).await;
 
+    let db = app.auth.db();
     let rows = db
         .query_all_raw(Statement::from_string(
-            db.get_database_backend(),
+            backend,
             "SELECT username, email, email_verified_at IS NOT NULL AS verified FROM users ORDER BY id",
         ))
         .await
@@ -355,14 +340,39 @@ async fn upgrading_a_database_with_duplicate_emails_keeps_the_oldest_holder_of_e
     ]
     .map(|(n, e, v)| (n.to_owned(), e.map(str::to_owned), v));
     assert_eq!(got, want);
-    // The index now refuses a new duplicate in another case.
-    let duplicate = db
-        .execute_unprepared(
-            "INSERT INTO users (username, email, password_hash, is_active, date_joined) \
-             VALUES ('fourth', 'OTHER@example.com', 'x', TRUE, '2025-01-01T00:00:00Z')",
+    let me = app
+        .graphql(
+            "{ me { username email emailVerified } }",
+            json!({}),
+            Some(session.expose()),
         )
         .await;
+    assert_eq!(
+        me["data"]["me"],
+        json!({ "username": "second", "email": null, "emailVerified": false }),
+        "{me}"
+    );
+    // The index now refuses a new duplicate in another case.
+    let duplicate = db
+        .execute_raw(Statement::from_sql_and_values(
+            backend,
+            "INSERT INTO users (username, email, password_hash, is_active, date_joined) \
+             VALUES ('fourth', 'OTHER@example.com', 'x', TRUE, $1)",
+            [joined.into()],
+        ))
+        .await;
     assert!(duplicate.is_err());
+}
+
+#[tokio::test]
+async fn upgrading_a_database_with_duplicate_emails_keeps_the_oldest_holder_of_each() {
+    upgrade_with_duplicate_emails(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]
+async fn upgrading_a_postgres_database_with_duplicate_emails_keeps_the_oldest_holder_of_each() {
+    upgrade_with_duplicate_emails(Backend::Postgres).await;
 }
 
 const REGISTER: &str = "mutation($u: String!, $e: String!, $p: String!) { register(username: $u, email: $e, password: $p) { session { token user { username emailVerified } } verificationSent } }";

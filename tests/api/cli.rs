@@ -1,11 +1,22 @@
-//! The binary as a user runs it: the user commands; settings refused with
-//! exit code 2 and a message naming the flag and the variable; the
-//! start-up hint; host names in `--listen`; each command's `--help`.
+//! The binary as a user runs it: the user commands (against the database
+//! of a server running in the test, for the ones about sessions); settings
+//! refused with exit code 2 and a message naming the flag and the
+//! variable; the start-up hint; host names in `--listen`; each command's
+//! `--help`.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::helpers::process::run_authql;
+use authql::auth::tokens::Token;
+use authql::db::entities::{auth_token, link_token, user};
+use sea_orm::{
+    ActiveModelTrait as _, ColumnTrait as _, EntityTrait as _, PaginatorTrait as _,
+    QueryFilter as _, Set,
+};
+use serde_json::{json, Value};
+
+use crate::helpers::process::{run_authql, run_authql_off_thread};
+use crate::helpers::{error_code, error_reason, spawn_app, TestApp, TestUser};
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
@@ -99,11 +110,13 @@ fn a_bad_username_or_email_is_refused() {
 }
 
 #[test]
-fn set_password_and_deactivate_name_an_unknown_user() {
+fn user_commands_name_an_unknown_user() {
     let (_dir, db) = temp_db();
     for args in [
         &["user", "set-password", "ghost", "--password-stdin"][..],
         &["user", "deactivate", "ghost"][..],
+        &["user", "activate", "ghost"][..],
+        &["user", "delete", "ghost", "--yes"][..],
     ] {
         let output = run_authql(args, &db, Some("a fine long passphrase\n"));
         assert!(!output.status.success());
@@ -113,6 +126,329 @@ fn set_password_and_deactivate_name_an_unknown_user() {
             stderr(&output)
         );
     }
+}
+
+/// Asserts that a command succeeded; returns what it wrote to stderr.
+fn succeeded(output: &Output) -> String {
+    let message = stderr(output);
+    assert!(output.status.success(), "{message}");
+    message
+}
+
+/// `authql user args…` against the database of `app`, a running server.
+async fn user_command(app: &TestApp, args: &[&str], stdin: Option<&str>) -> Output {
+    let args: Vec<&str> = std::iter::once("user")
+        .chain(args.iter().copied())
+        .collect();
+    run_authql_off_thread(&app.database_url, &args, stdin.map(str::to_owned)).await
+}
+
+/// The user's id, as `me` gives it.
+async fn id_of(app: &TestApp, token: &str) -> i64 {
+    let me = app.me(token).await;
+    me["data"]["me"]["id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no id: {me}"))
+}
+
+/// How many rows the user has in `users`, `auth_tokens` and `link_tokens`.
+async fn count_rows_of(app: &TestApp, user_id: i64) -> (u64, u64, u64) {
+    let db = app.auth.db();
+    (
+        user::Entity::find_by_id(user_id).count(db).await.unwrap(),
+        auth_token::Entity::find()
+            .filter(auth_token::Column::UserId.eq(user_id))
+            .count(db)
+            .await
+            .unwrap(),
+        link_token::Entity::find()
+            .filter(link_token::Column::UserId.eq(user_id))
+            .count(db)
+            .await
+            .unwrap(),
+    )
+}
+
+/// Stores a session of `user_id` that expired an hour ago.
+async fn insert_expired_session(app: &TestApp, user_id: i64) {
+    let now = app.clock.now();
+    auth_token::ActiveModel {
+        user_id: Set(user_id),
+        digest: Set(Token::generate().digest().to_hex()),
+        created_at: Set(now - chrono::Duration::hours(2)),
+        expires_at: Set(now - chrono::Duration::hours(1)),
+        ..Default::default()
+    }
+    .insert(app.auth.db())
+    .await
+    .expect("expired session stored");
+}
+
+#[tokio::test]
+async fn user_list_shows_each_user_as_a_table_and_as_json_with_live_sessions_only() {
+    let app = spawn_app().await;
+    let signed_in = app.create_user().await;
+    let first = app.login(&signed_in).await;
+    app.login(&signed_in).await;
+    let signed_in_id = id_of(&app, &first).await;
+    insert_expired_session(&app, signed_in_id).await;
+    let idle = app.create_user().await;
+    succeeded(&user_command(&app, &["deactivate", &idle.username], None).await);
+    let no_email = "no_address_user";
+    app.auth
+        .create_user(
+            no_email,
+            None,
+            authql::auth::Password::new("a fine long passphrase"),
+        )
+        .await
+        .expect("user created");
+
+    let as_json = user_command(&app, &["list", "--json"], None).await;
+    let as_table = user_command(&app, &["list"], None).await;
+
+    succeeded(&as_json);
+    let listed: Value = serde_json::from_slice(&as_json.stdout).expect("a JSON list");
+    let listed = listed.as_array().expect("an array");
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    let find = |name: &str| {
+        listed
+            .iter()
+            .find(|u| u["username"] == name)
+            .unwrap_or_else(|| panic!("{name} not listed: {listed:?}"))
+            .clone()
+    };
+    let mut active = find(&signed_in.username);
+    let last_login: chrono::DateTime<chrono::Utc> = active["lastLogin"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no lastLogin: {active}"));
+    assert!(
+        (app.clock.now() - last_login).num_seconds().abs() < 60,
+        "{active}"
+    );
+    active["lastLogin"] = json!("checked");
+    assert_eq!(
+        active,
+        json!({
+            "id": signed_in_id,
+            "username": signed_in.username,
+            "email": format!("{}@example.com", signed_in.username),
+            "emailVerified": true,
+            "isActive": true,
+            "mfaEnabled": false,
+            "lastLogin": "checked",
+            "liveSessions": 2,
+        })
+    );
+    let inactive = find(&idle.username);
+    assert_eq!(inactive["isActive"], false);
+    assert_eq!(inactive["liveSessions"], 0);
+    assert_eq!(inactive["lastLogin"], Value::Null);
+    let bare = find(no_email);
+    assert_eq!(bare["email"], Value::Null);
+    assert_eq!(bare["emailVerified"], false);
+
+    succeeded(&as_table);
+    let table = String::from_utf8(as_table.stdout).expect("text");
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["ID", "USERNAME", "EMAIL", "VERIFIED", "ACTIVE", "MFA", "LAST", "LOGIN", "SESSIONS"],
+        "{table}"
+    );
+    let row = |name: &str| -> Vec<String> {
+        lines
+            .iter()
+            .map(|line| {
+                line.split_whitespace()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .find(|cells| cells.get(1).map(String::as_str) == Some(name))
+            .unwrap_or_else(|| panic!("{name} not in the table:\n{table}"))
+    };
+    let active = row(&signed_in.username);
+    assert_eq!(active[0], signed_in_id.to_string());
+    assert_eq!(&active[3..6], ["yes", "yes", "off"], "{table}");
+    assert!(
+        active[6].parse::<chrono::DateTime<chrono::Utc>>().is_ok(),
+        "{table}"
+    );
+    assert_eq!(active[7], "2", "{table}");
+    assert_eq!(
+        &row(&idle.username)[4..],
+        ["no", "off", "never", "0"],
+        "{table}"
+    );
+    assert_eq!(&row(no_email)[2..4], ["-", "-"], "{table}");
+}
+
+#[tokio::test]
+async fn user_activate_lets_a_deactivated_user_sign_in_again_with_the_same_password() {
+    let app = spawn_app().await;
+    let user = app.create_user().await;
+    succeeded(&user_command(&app, &["deactivate", &user.username], None).await);
+    assert_eq!(
+        error_code(&app.login_as(&user.username, &user.password).await),
+        "INVALID_CREDENTIALS"
+    );
+
+    let activated = user_command(&app, &["activate", &user.username], None).await;
+
+    let message = succeeded(&activated);
+    assert!(message.contains("user activated"), "{message}");
+    let session = app.login(&user).await;
+    // Activating an active user changes nothing and signs no one out.
+    let again = user_command(&app, &["activate", &user.username], None).await;
+    let message = succeeded(&again);
+    assert!(message.contains("already active"), "{message}");
+    assert!(app.me(&session).await["data"]["me"].is_object());
+}
+
+#[tokio::test]
+async fn user_delete_off_a_terminal_without_yes_refuses_and_deletes_nothing() {
+    let app = spawn_app().await;
+    let user = app.create_user().await;
+
+    // No input at all, and a "y" piped in: neither is someone confirming.
+    for stdin in [None, Some("y\n")] {
+        let output = user_command(&app, &["delete", &user.username], stdin).await;
+
+        assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+        let message = stderr(&output);
+        assert!(
+            message.contains("not a terminal") && message.contains("--yes"),
+            "{message}"
+        );
+    }
+    assert!(app.login(&user).await.starts_with("aql_"));
+}
+
+#[tokio::test]
+async fn user_delete_with_yes_removes_the_user_its_sessions_and_its_links() {
+    let app = spawn_app().await;
+    let user = app.create_user().await;
+    let other = app.create_user().await;
+    // The id from the login rather than from `me`, which would cache the
+    // token: a server on SQLite hears nothing from the command (it says
+    // so; tests/api/instances.rs shows PostgreSQL instances hearing it).
+    let login = app.login_as(&user.username, &user.password).await;
+    let token = login["data"]["login"]["token"].as_str().unwrap().to_owned();
+    let user_id: i64 = login["data"]["login"]["user"]["id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no id: {login}"));
+    let other_token = app.login(&other).await;
+    let now = app.clock.now();
+    link_token::ActiveModel {
+        user_id: Set(user_id),
+        purpose: Set("reset".into()),
+        digest: Set(Token::generate_with("aqr_").digest().to_hex()),
+        email: Set(Some(format!("{}@example.com", user.username))),
+        created_at: Set(now),
+        expires_at: Set(now + chrono::Duration::hours(1)),
+        ..Default::default()
+    }
+    .insert(app.auth.db())
+    .await
+    .expect("link stored");
+    assert_eq!(count_rows_of(&app, user_id).await, (1, 1, 1));
+
+    let output = user_command(&app, &["delete", &user.username, "--yes"], None).await;
+
+    let message = succeeded(&output);
+    let said = format!("user {} deleted; 1 session(s) revoked", user.username);
+    assert!(message.contains(&said), "{message}");
+    assert_eq!(count_rows_of(&app, user_id).await, (0, 0, 0));
+    assert_eq!(error_reason(&app.me(&token).await), "INVALID_TOKEN");
+    assert_eq!(
+        error_code(&app.login_as(&user.username, &user.password).await),
+        "INVALID_CREDENTIALS"
+    );
+    // Nobody else is touched, and the name is free again.
+    assert!(app.me(&other_token).await["data"]["me"].is_object());
+    let again = TestUser {
+        username: user.username.clone(),
+        password: "a different long passphrase".into(),
+    };
+    app.auth
+        .create_user(
+            &again.username,
+            None,
+            authql::auth::Password::new(&again.password),
+        )
+        .await
+        .expect("the name can be taken again");
+}
+
+/// Single-quotes `arg` for `sh -c`.
+fn shell_quoted(arg: &str) -> String {
+    format!("'{}'", arg.replace('\'', r"'\''"))
+}
+
+/// Runs `authql args…` with a terminal as its standard input: a pty made by
+/// `script` (util-linux, on every Debian system), onto which `typed` is
+/// typed. Returns the exit status and everything the terminal showed.
+fn run_on_terminal(args: &[&str], database_url: &str, typed: &str) -> (ExitStatus, String) {
+    use std::io::Write as _;
+    let command = std::iter::once(env!("CARGO_BIN_EXE_authql"))
+        .chain(args.iter().copied())
+        .map(shell_quoted)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = Command::new("script")
+        .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+        .env("DATABASE_URL", database_url)
+        .env("AUTHQL_BCRYPT_COST", "4")
+        .env_remove("AUTHQL_LISTEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(typed.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let shown = String::from_utf8_lossy(&output.stdout).into_owned() + &stderr(&output);
+    (output.status, shown)
+}
+
+#[tokio::test]
+async fn user_delete_on_a_terminal_asks_and_deletes_only_after_yes() {
+    let app = spawn_app().await;
+    let user = app.create_user().await;
+    let token = app.login(&user).await;
+    let user_id = id_of(&app, &token).await;
+    let delete = |typed: &'static str| {
+        let (url, name) = (app.database_url.clone(), user.username.clone());
+        tokio::task::spawn_blocking(move || {
+            run_on_terminal(&["user", "delete", &name], &url, typed)
+        })
+    };
+
+    let (declined, shown) = delete("n\n").await.unwrap();
+
+    assert_eq!(declined.code(), Some(1), "{shown}");
+    let question = format!(
+        "Delete user {} (id {user_id}, email {}@example.com, 1 live session(s))? This cannot be undone. [y/N]",
+        user.username, user.username
+    );
+    assert!(shown.contains(&question), "{shown}");
+    assert!(shown.contains("nothing deleted"), "{shown}");
+    assert_eq!(count_rows_of(&app, user_id).await, (1, 1, 0));
+
+    let (confirmed, shown) = delete("y\n").await.unwrap();
+
+    assert!(confirmed.success(), "{shown}");
+    assert!(shown.contains(&question), "{shown}");
+    assert!(shown.contains("deleted; 1 session(s) revoked"), "{shown}");
+    assert_eq!(count_rows_of(&app, user_id).await, (0, 0, 0));
 }
 
 /// Runs authql with `args` and `envs` (and none of the test's own AUTHQL_*
@@ -530,6 +866,9 @@ fn each_command_s_help_lists_only_its_own_settings() {
         &["user", "create"][..],
         &["user", "set-password"][..],
         &["user", "deactivate"][..],
+        &["user", "activate"][..],
+        &["user", "list"][..],
+        &["user", "delete"][..],
         &["migrate"][..],
         &["schema"][..],
     ] {

@@ -1,4 +1,5 @@
-//! Several instances on one PostgreSQL database: revocations reach every
+//! Several instances on one PostgreSQL database: revocations (a password
+//! reset's too) and changes to a cached user's address reach every
 //! instance's cache within a second, a lost revocation channel never lets
 //! a revoked token through, and database faults fail cleanly and heal.
 //!
@@ -6,7 +7,6 @@
 //! `TEST_DATABASE_URL` set and `--ignored` (see `helpers`).
 
 use std::net::SocketAddr;
-use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,10 +18,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
+use authql::config::{EmailVerification, Registration, Settings};
+
+use crate::helpers::mail::{token_in, wait_for_mails};
 use crate::helpers::metrics::{scrape, total};
-use crate::helpers::process::run_authql;
+use crate::helpers::process::run_authql_off_thread as cli;
 use crate::helpers::{
-    error_code, error_reason, random_text, spawn_postgres_app, wait_for_refusal, TestApp, TestUser,
+    error_code, error_reason, random_text, spawn_postgres_app, spawn_postgres_app_with,
+    wait_for_refusal, TestApp, TestUser,
 };
 
 /// Two instances on one database, and a user.
@@ -90,18 +94,6 @@ async fn logout(app: &TestApp, token: &str) {
         .graphql("mutation { logout }", json!({}), Some(token))
         .await;
     assert_eq!(body["data"]["logout"], true, "{body}");
-}
-
-/// [`run_authql`] against `database_url`, off the async thread.
-async fn cli(database_url: &str, args: &[&str], stdin: Option<String>) -> Output {
-    let database_url = database_url.to_owned();
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_authql(&args, &database_url, stdin.as_deref())
-    })
-    .await
-    .expect("cli task")
 }
 
 #[tokio::test]
@@ -224,20 +216,18 @@ async fn cli_set_password_is_refused_by_every_instance_within_a_second() {
     assert!(b.me(&b.login(&renewed).await).await["data"]["me"].is_object());
 }
 
-#[tokio::test]
-#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]
-async fn cli_deactivate_is_refused_by_every_instance_within_a_second() {
+/// Runs `authql user COMMAND USERNAME extra…` while each of two instances
+/// has one of the user's tokens cached; both must refuse it within a
+/// second, and the password must no longer sign in.
+async fn cli_command_is_refused_by_every_instance_within_a_second(command: &str, extra: &[&str]) {
     let (a, b, user) = pair().await;
     let (on_a, on_b) = (a.login(&user).await, b.login(&user).await);
     warm_on(&a, &on_a).await;
     warm_on(&b, &on_b).await;
 
-    let output = cli(
-        &a.database_url,
-        &["user", "deactivate", &user.username],
-        None,
-    )
-    .await;
+    let mut args = vec!["user", command, &user.username];
+    args.extend(extra);
+    let output = cli(&a.database_url, &args, None).await;
     assert!(
         output.status.success(),
         "{}",
@@ -248,6 +238,148 @@ async fn cli_deactivate_is_refused_by_every_instance_within_a_second() {
     assert_eq!(wait_for_refusal(&b, &on_b).await, "INVALID_TOKEN");
     let body = b.login_as(&user.username, &user.password).await;
     assert_eq!(error_code(&body), "INVALID_CREDENTIALS");
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]
+async fn cli_deactivate_is_refused_by_every_instance_within_a_second() {
+    cli_command_is_refused_by_every_instance_within_a_second("deactivate", &[]).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]
+async fn cli_delete_is_refused_by_every_instance_within_a_second() {
+    cli_command_is_refused_by_every_instance_within_a_second("delete", &["--yes"]).await;
+}
+
+/// Settings of an instance with registration open, mailing into `dir`.
+fn mailing_into(dir: &std::path::Path) -> impl Fn(&mut Settings) + '_ {
+    move |s| {
+        s.mail_dir = Some(dir.to_owned());
+        s.registration = Registration::Open;
+        s.email_verification = EmailVerification::Optional;
+    }
+}
+
+/// Two instances mailing into one directory.
+async fn mailing_pair(dir: &std::path::Path) -> (TestApp, TestApp) {
+    let a = spawn_postgres_app_with(mailing_into(dir)).await;
+    let b = a.spawn_sibling(mailing_into(dir)).await;
+    (a, b)
+}
+
+/// `me { email emailVerified }` on `app`, polled for up to a second until
+/// it is `wanted` (a notice from another instance is asynchronous);
+/// returns the last answer. A second is far below `cache-ttl` (300 s): an
+/// instance that waited for its entry to expire would fail.
+async fn wait_for_address(app: &TestApp, token: &str, wanted: &Value) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let body = app
+            .graphql("{ me { email emailVerified } }", json!({}), Some(token))
+            .await;
+        let me = body["data"]["me"].clone();
+        if me == *wanted || Instant::now() >= deadline {
+            return me;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const VERIFY: &str = "mutation($t: String!) { verifyEmail(token: $t) }";
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]
+async fn an_address_verified_on_one_instance_shows_verified_on_the_other_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (a, b) = mailing_pair(dir.path()).await;
+    let body = a
+        .graphql(
+            "mutation($u: String!, $e: String!, $p: String!) { register(username: $u, email: $e, password: $p) { session { token } } }",
+            json!({ "u": "verifier", "e": "verifier@example.com", "p": "a registered passphrase, long enough" }),
+            None,
+        )
+        .await;
+    let token = body["data"]["register"]["session"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("register failed: {body}"))
+        .to_owned();
+    let link = token_in(&wait_for_mails(dir.path(), 1).await[0], "aqv_");
+    warm_on(&b, &token).await;
+    let unverified = json!({ "email": "verifier@example.com", "emailVerified": false });
+    assert_eq!(wait_for_address(&b, &token, &unverified).await, unverified);
+
+    let body = a.graphql(VERIFY, json!({ "t": link }), None).await;
+    assert_eq!(body["data"]["verifyEmail"], true, "{body}");
+
+    let verified = json!({ "email": "verifier@example.com", "emailVerified": true });
+    assert_eq!(wait_for_address(&b, &token, &verified).await, verified);
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]
+async fn an_email_change_confirmed_on_one_instance_shows_on_the_other_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (a, b) = mailing_pair(dir.path()).await;
+    let user = a.create_user_with_email("before@example.com").await;
+    let token = a.login(&user).await;
+    warm_on(&b, &token).await;
+    let body = a
+        .graphql(
+            "mutation($p: String!, $e: String!) { changeEmail(password: $p, newEmail: $e) }",
+            json!({ "p": user.password, "e": "after@example.com" }),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(body["data"]["changeEmail"], true, "{body}");
+    let link = wait_for_mails(dir.path(), 2)
+        .await
+        .iter()
+        .find(|m| m.contains("To: after@example.com"))
+        .map(|m| token_in(m, "aqe_"))
+        .expect("the new address gets the link");
+    let before = json!({ "email": "before@example.com", "emailVerified": true });
+    assert_eq!(wait_for_address(&b, &token, &before).await, before);
+
+    let body = a.graphql(VERIFY, json!({ "t": link }), None).await;
+    assert_eq!(body["data"]["verifyEmail"], true, "{body}");
+
+    let after = json!({ "email": "after@example.com", "emailVerified": true });
+    assert_eq!(wait_for_address(&b, &token, &after).await, after);
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]
+async fn a_password_reset_on_one_instance_is_refused_by_the_other_within_a_second() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (a, b) = mailing_pair(dir.path()).await;
+    let user = a.create_user_with_email("forgetful@example.com").await;
+    let on_b = b.login(&user).await;
+    warm_on(&b, &on_b).await;
+    let body = a
+        .graphql(
+            "mutation { requestPasswordReset(email: \"forgetful@example.com\") }",
+            json!({}),
+            None,
+        )
+        .await;
+    assert_eq!(body["data"]["requestPasswordReset"], true, "{body}");
+    let link = token_in(&wait_for_mails(dir.path(), 1).await[0], "aqr_");
+
+    let body = a
+        .graphql(
+            "mutation($t: String!, $p: String!) { resetPassword(token: $t, newPassword: $p) { token } }",
+            json!({ "t": link, "p": "a fresh passphrase after the reset" }),
+            None,
+        )
+        .await;
+    let fresh = body["data"]["resetPassword"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("resetPassword failed: {body}"))
+        .to_owned();
+
+    assert_eq!(wait_for_refusal(&b, &on_b).await, "INVALID_TOKEN");
+    assert!(b.me(&fresh).await["data"]["me"].is_object());
 }
 
 #[tokio::test]

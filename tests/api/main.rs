@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod account_guards;
 mod accounts;
 mod cache;
 mod captcha;

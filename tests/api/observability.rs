@@ -8,8 +8,10 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::helpers::captcha_stub::{passed, CaptchaStub, Reply, SECRET};
+use crate::helpers::mail::token_in;
 use crate::helpers::metrics::{read_exposition, total, Sample};
 use crate::helpers::process::{database_with_user, json_lines, Server};
+use crate::helpers::smtp_server::{start_smtp, wait_for_count, Received};
 use crate::helpers::{error_code, error_reason, random_text};
 
 // ---------------------------------------------------------------- metrics
@@ -256,6 +258,21 @@ fn events<'a>(lines: &'a [Value], event: &str) -> Vec<&'a Value> {
     lines.iter().filter(|l| l["event"] == event).collect()
 }
 
+/// The one line of `event`, checked to be at `info` with the client's IP.
+fn logged_once<'a>(lines: &'a [Value], log: &[String], event: &str) -> &'a Value {
+    let found = events(lines, event);
+    assert_eq!(
+        found.len(),
+        1,
+        "{event} logged {} times: {log:?}",
+        found.len()
+    );
+    let line = found[0];
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert_eq!(line["ip"], "127.0.0.1", "{event}: {line}");
+    line
+}
+
 fn strong_password() -> String {
     format!("{} {} {}", random_text(8), random_text(8), random_text(8))
 }
@@ -314,20 +331,11 @@ async fn the_audit_log_records_each_event_and_no_secret() {
         "password_changed",
         "logout",
     ] {
-        let found = events(&lines, event);
-        assert_eq!(
-            found.len(),
-            1,
-            "{event} logged {} times: {log:?}",
-            found.len()
-        );
-        let line = found[0];
-        assert_eq!(line["level"], "INFO", "{line}");
+        let line = logged_once(&lines, &log, event);
         let names_user = line["user_id"].as_i64().map(|id| id.to_string()) == Some(user_id.clone())
             || line["user_id"] == user_id.as_str()
             || line["username"] == username.as_str();
         assert!(names_user, "{event} does not name the user: {line}");
-        assert_eq!(line["ip"], "127.0.0.1", "{event}: {line}");
     }
     for event in ["login_succeeded", "login_failed"] {
         assert_eq!(
@@ -349,6 +357,162 @@ async fn the_audit_log_records_each_event_and_no_secret() {
         assert!(
             !whole.contains(secret.as_str()),
             "the log contains {secret:?}"
+        );
+    }
+}
+
+/// The SMTP password the server is given; no log line may contain it.
+const SMTP_PASSWORD: &str = "smtp-pass-must-never-leak-4c1e";
+
+/// The `prefix` token in the mail to `to` among `mails` (the body with
+/// quoted-printable soft breaks and `=3D` undone).
+fn link_in(mails: &[Received], to: &str, prefix: &str) -> String {
+    let mail = mails
+        .iter()
+        .find(|m| m.recipients == [format!("<{to}>")] && m.data.contains(prefix))
+        .unwrap_or_else(|| panic!("no {prefix} mail to {to}: {mails:?}"));
+    token_in(&mail.data.replace("=\n", "").replace("=3D", "="), prefix)
+}
+
+#[tokio::test]
+async fn account_events_are_audited_without_a_link_a_password_or_the_smtp_password() {
+    let (port, inbox) = start_smtp(0).await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("authql.db").display()
+    );
+    let smtp_url = format!("smtp://mailer:{SMTP_PASSWORD}@127.0.0.1:{port}");
+    let server = Server::start_with_env(
+        &url,
+        &[
+            "--registration",
+            "open",
+            "--email-verification",
+            "optional",
+            "--verify-url",
+            "https://app.example.test/verify?token={token}",
+            "--reset-url",
+            "https://app.example.test/reset?token={token}",
+        ],
+        &[("AUTHQL_SMTP_URL", &smtp_url)],
+    )
+    .await;
+    let username = new_username();
+    let (password, new_password) = (strong_password(), strong_password());
+    let (email, new_email) = (
+        format!("{username}@example.com"),
+        format!("new.{username}@example.com"),
+    );
+    let verify = "mutation($t: String!) { verifyEmail(token: $t) }";
+
+    let body = server
+        .graphql(
+            "mutation($u: String!, $e: String!, $p: String!) { register(username: $u, email: $e, password: $p) { session { token user { id } } } }",
+            json!({ "u": username, "e": email, "p": password }),
+            None,
+        )
+        .await;
+    let session = &body["data"]["register"]["session"];
+    let registered = session["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"))
+        .to_owned();
+    let user_id = session["user"]["id"].as_str().expect("user id").to_owned();
+    let verify_link = link_in(&wait_for_count(&inbox, 1).await, &email, "aqv_");
+    let body = server
+        .graphql(verify, json!({ "t": verify_link }), None)
+        .await;
+    assert_eq!(body["data"]["verifyEmail"], true, "{body}");
+    let body = server
+        .graphql(
+            "mutation($e: String!) { requestPasswordReset(email: $e) }",
+            json!({ "e": email }),
+            None,
+        )
+        .await;
+    assert_eq!(body["data"]["requestPasswordReset"], true, "{body}");
+    let reset_link = link_in(&wait_for_count(&inbox, 2).await, &email, "aqr_");
+    let body = server
+        .graphql(
+            "mutation($t: String!, $p: String!) { resetPassword(token: $t, newPassword: $p) { token } }",
+            json!({ "t": reset_link, "p": new_password }),
+            None,
+        )
+        .await;
+    let after_reset = body["data"]["resetPassword"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"))
+        .to_owned();
+    let body = server
+        .graphql(
+            "mutation($p: String!, $e: String!) { changeEmail(password: $p, newEmail: $e) }",
+            json!({ "p": new_password, "e": new_email }),
+            Some(&after_reset),
+        )
+        .await;
+    assert_eq!(body["data"]["changeEmail"], true, "{body}");
+    let mails = wait_for_count(&inbox, 4).await;
+    let change_link = link_in(&mails, &new_email, "aqe_");
+    let body = server
+        .graphql(verify, json!({ "t": change_link }), None)
+        .await;
+    assert_eq!(body["data"]["verifyEmail"], true, "{body}");
+
+    let (status, log) = server.stop().await;
+    assert!(status.success(), "exit status {status}: {log:?}");
+    let lines = json_lines(&log);
+
+    for event in [
+        "registered",
+        "email_verified",
+        "password_reset_requested",
+        "password_reset",
+        "email_change_requested",
+        "email_changed",
+    ] {
+        let line = logged_once(&lines, &log, event);
+        assert_eq!(
+            line["user_id"].as_i64().map(|id| id.to_string()),
+            Some(user_id.clone()),
+            "{event} does not name the user: {line}"
+        );
+    }
+    assert_eq!(events(&lines, "mail_sent").len(), 4, "{log:?}");
+    // The SMTP server was given the password, so it was in play.
+    let plain = mails[0]
+        .auth
+        .as_deref()
+        .and_then(|a| a.strip_prefix("PLAIN "));
+    let decoded = plain
+        .and_then(|b64| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.decode(b64).ok()
+        })
+        .unwrap_or_default();
+    assert_eq!(decoded, format!("\0mailer\0{SMTP_PASSWORD}").into_bytes());
+    let whole = log.join("\n");
+    for secret in [
+        &password,
+        &new_password,
+        &registered,
+        &after_reset,
+        &verify_link,
+        &reset_link,
+        &change_link,
+        &SMTP_PASSWORD.to_owned(),
+        &plain.unwrap_or_default().to_owned(),
+    ] {
+        assert!(
+            !whole.contains(secret.as_str()),
+            "the log contains {secret:?}"
+        );
+    }
+    // Not even a piece of a token: no prefix appears at all.
+    for prefix in ["aql_", "aqv_", "aqr_", "aqe_"] {
+        assert!(
+            !whole.contains(prefix),
+            "the log mentions {prefix}: {log:?}"
         );
     }
 }

@@ -5,8 +5,9 @@
 //!
 //! Everything the test files share lives here, and no test file imports
 //! another: [`browser`] (headless Chromium over the DevTools protocol),
-//! [`captcha_stub`] (a siteverify stand-in), [`metrics`] (reading
-//! `/metrics`), [`process`] (the real binary as its own process).
+//! [`captcha_stub`] (a siteverify stand-in), [`mail`] (mails written to
+//! `--mail-dir`), [`metrics`] (reading `/metrics`), [`process`] (the real
+//! binary as its own process), [`smtp_server`] (an SMTP server on loopback).
 //!
 //! A test that needs PostgreSQL is marked
 //! `#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]`
@@ -20,8 +21,10 @@
 
 pub mod browser;
 pub mod captcha_stub;
+pub mod mail;
 pub mod metrics;
 pub mod process;
+pub mod smtp_server;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,14 +118,36 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     init_logs();
     let storage = Arc::new(new_storage().await);
-    let database_url = match storage.as_ref() {
-        Storage::Sqlite(dir) => format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("authql.db").display()
-        ),
-        Storage::Postgres { admin_url, name } => database_url_for(admin_url, name),
-    };
+    let database_url = storage.url();
     start(database_url, storage, Clock::default(), configure).await
+}
+
+/// Which database a test needs, whatever `TEST_DATABASE_URL` says.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Sqlite,
+    /// Fails the test when `TEST_DATABASE_URL` is unset.
+    Postgres,
+}
+
+/// A new, empty database (no migration applied), for a test that builds
+/// an old schema itself and then starts a server on it with
+/// [`spawn_app_on`]. Returns it and its URL.
+pub async fn empty_database(backend: Backend) -> (Arc<Storage>, String) {
+    let storage = match backend {
+        Backend::Sqlite => Storage::Sqlite(tempfile::tempdir().expect("temporary directory")),
+        Backend::Postgres => new_postgres_storage(&postgres_admin_url()).await,
+    };
+    let url = storage.url();
+    (Arc::new(storage), url)
+}
+
+/// Starts a server on `storage` with the test settings; like `authql
+/// serve`, it applies the pending migrations first.
+pub async fn spawn_app_on(storage: Arc<Storage>) -> TestApp {
+    init_logs();
+    let database_url = storage.url();
+    start(database_url, storage, Clock::default(), |_| {}).await
 }
 
 /// [`spawn_app`] for a test that needs PostgreSQL; fails the test at once
@@ -134,12 +159,7 @@ pub async fn spawn_postgres_app() -> TestApp {
 
 /// [`spawn_postgres_app`] with `configure` applied to the test settings.
 pub async fn spawn_postgres_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
-    let url = std::env::var("TEST_DATABASE_URL").unwrap_or_default();
-    assert!(
-        !url.is_empty(),
-        "this test needs PostgreSQL: set TEST_DATABASE_URL (e.g. \
-         postgres://postgres@127.0.0.1:5432/postgres)"
-    );
+    let url = postgres_admin_url();
     let app = spawn_app_with(configure).await;
     assert!(
         app.is_postgres(),
@@ -222,18 +242,28 @@ impl TestApp {
         body
     }
 
-    /// Creates an active user with a random name and a strong password.
+    /// Creates an active user with a random name and a strong password,
+    /// whose address is `USERNAME@example.com`.
     pub async fn create_user(&self) -> TestUser {
+        let username = format!("user_{}", random_text(10).to_lowercase());
+        let email = format!("{username}@example.com");
+        self.create_named_user(username, Some(&email)).await
+    }
+
+    /// [`create_user`](Self::create_user) with the address `email` (verified,
+    /// as for any user an operator creates).
+    pub async fn create_user_with_email(&self, email: &str) -> TestUser {
+        let username = format!("user_{}", random_text(10).to_lowercase());
+        self.create_named_user(username, Some(email)).await
+    }
+
+    async fn create_named_user(&self, username: String, email: Option<&str>) -> TestUser {
         let user = TestUser {
-            username: format!("user_{}", random_text(10).to_lowercase()),
+            username,
             password: format!("{} {} {}", random_text(8), random_text(8), random_text(8)),
         };
         self.auth
-            .create_user(
-                &user.username,
-                Some(&format!("{}@example.com", user.username)),
-                Password::new(&user.password),
-            )
+            .create_user(&user.username, email, Password::new(&user.password))
             .await
             .expect("user created");
         user
@@ -399,19 +429,50 @@ async fn start(
 
 async fn new_storage() -> Storage {
     match std::env::var("TEST_DATABASE_URL") {
-        Ok(admin_url) if !admin_url.is_empty() => {
-            let name = format!("authql_test_{}", random_text(12).to_lowercase());
-            let admin = Database::connect(&admin_url)
-                .await
-                .expect("TEST_DATABASE_URL reachable");
-            admin
-                .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-                .await
-                .expect("test database created");
-            admin.close().await.expect("admin connection closed");
-            Storage::Postgres { admin_url, name }
-        }
+        Ok(admin_url) if !admin_url.is_empty() => new_postgres_storage(&admin_url).await,
         _ => Storage::Sqlite(tempfile::tempdir().expect("temporary directory")),
+    }
+}
+
+/// `TEST_DATABASE_URL`; fails the test when it is unset, so that a test
+/// that needs PostgreSQL cannot pass on SQLite without asserting anything.
+fn postgres_admin_url() -> String {
+    let url = std::env::var("TEST_DATABASE_URL").unwrap_or_default();
+    assert!(
+        !url.is_empty(),
+        "this test needs PostgreSQL: set TEST_DATABASE_URL (e.g. \
+         postgres://postgres@127.0.0.1:5432/postgres)"
+    );
+    url
+}
+
+/// A uniquely named database created through `admin_url`.
+async fn new_postgres_storage(admin_url: &str) -> Storage {
+    let name = format!("authql_test_{}", random_text(12).to_lowercase());
+    let admin = Database::connect(admin_url)
+        .await
+        .expect("TEST_DATABASE_URL reachable");
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .expect("test database created");
+    admin.close().await.expect("admin connection closed");
+    Storage::Postgres {
+        admin_url: admin_url.to_owned(),
+        name,
+    }
+}
+
+impl Storage {
+    /// The URL a server or the test connects with.
+    fn url(&self) -> String {
+        match self {
+            Storage::Sqlite(dir) => format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("authql.db").display()
+            ),
+            Storage::Postgres { admin_url, name } => database_url_for(admin_url, name),
+        }
     }
 }
 

@@ -58,6 +58,23 @@ pub fn run_authql(args: &[&str], database_url: &str, stdin: Option<&str>) -> Out
     child.wait_with_output().unwrap()
 }
 
+/// [`run_authql`] off the async thread, so that a server in this process
+/// keeps answering while the command runs.
+pub async fn run_authql_off_thread(
+    database_url: &str,
+    args: &[&str],
+    stdin: Option<String>,
+) -> Output {
+    let database_url = database_url.to_owned();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_authql(&args, &database_url, stdin.as_deref())
+    })
+    .await
+    .expect("cli task")
+}
+
 /// A fresh SQLite file holding one user; returns its directory and URL.
 pub fn database_with_user(username: &str, password: &str) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().expect("temporary directory");

@@ -1,0 +1,54 @@
+//! Mails as a server with `--mail-dir` writes them: `.eml` files in a
+//! directory, read back by the tests that follow a mailed link.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The `.eml` files in `dir`, sorted by name.
+pub fn mails(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+/// Waits (up to 10 s) until `count` mails are in `dir`; returns their text,
+/// with quoted-printable soft breaks and `=3D` undone.
+pub async fn wait_for_mails(dir: &Path, count: usize) -> Vec<String> {
+    for _ in 0..200 {
+        let found = mails(dir);
+        if found.len() >= count {
+            return found
+                .iter()
+                .map(|p| {
+                    std::fs::read_to_string(p)
+                        .expect("mail readable")
+                        .replace("=\r\n", "")
+                        .replace("=3D", "=")
+                })
+                .collect();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "expected {count} mails in {}, found {}",
+        dir.display(),
+        mails(dir).len()
+    );
+}
+
+/// The first token with `prefix` in a mail.
+pub fn token_in(mail: &str, prefix: &str) -> String {
+    let start = mail.find(prefix).expect("a token in the mail");
+    mail[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect()
+}
