@@ -196,6 +196,30 @@ async fn a_cookie_from_another_origin_is_forbidden() {
         response.headers()["x-authql-username"],
         user.username.as_str()
     );
+
+    // So does Hasura's webhook.
+    for (header, value, status) in [
+        ("Origin", "https://evil.example", 403),
+        ("Sec-Fetch-Site", "cross-site", 403),
+        ("Sec-Fetch-Site", "same-origin", 200),
+    ] {
+        let response = app
+            .client
+            .get(app.url("/auth/hasura"))
+            .header("Cookie", &jar)
+            .header(header, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{header}: {value}");
+        let body = response.text().await.unwrap();
+        if status == 403 {
+            assert!(!body.contains("X-Hasura-User-Id"), "{body}");
+        } else {
+            let body: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(body["X-Hasura-Role"], "user");
+        }
+    }
 }
 
 #[tokio::test]

@@ -545,3 +545,96 @@ async fn an_active_second_factor_cannot_be_replaced_without_turning_it_off() {
         "MFA_ALREADY_ENABLED"
     );
 }
+
+/// POSTs a GraphQL request with `headers`; returns its `Set-Cookie` lines
+/// and body.
+async fn post_with(
+    app: &TestApp,
+    query: &str,
+    variables: Value,
+    headers: &[(&str, &str)],
+) -> (Vec<String>, Value) {
+    let mut request = app
+        .client
+        .post(app.url("/graphql"))
+        .json(&json!({ "query": query, "variables": variables }));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("request sent");
+    let cookies = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    (cookies, response.json().await.expect("a JSON body"))
+}
+
+#[tokio::test]
+async fn with_the_session_cookie_only_the_second_step_sets_it() {
+    let app = spawn_app_with(|settings| {
+        settings.secret_key = Some(KEY.parse().expect("a valid key"));
+        settings.session_cookie = true;
+    })
+    .await;
+    let user = app.create_user().await;
+    let enabled = enable(&app, &user).await;
+
+    // The right password alone issues no session, so no cookie.
+    let login =
+        "mutation($u: String!, $p: String!) { login(username: $u, password: $p) { token } }";
+    let (cookies, body) = post_with(
+        &app,
+        login,
+        json!({ "u": user.username, "p": user.password }),
+        &[],
+    )
+    .await;
+    assert_eq!(error_code(&body), "MFA_REQUIRED", "{body}");
+    assert!(cookies.is_empty(), "{cookies:?}");
+    let challenge = body["errors"][0]["extensions"]["challenge"]
+        .as_str()
+        .expect("a challenge")
+        .to_owned();
+
+    // A wrong code sets none either.
+    let (cookies, body) = post_with(
+        &app,
+        VERIFY,
+        json!({ "ch": challenge, "c": wrong_code(&app, &enabled.secret) }),
+        &[],
+    )
+    .await;
+    assert_eq!(error_code(&body), "INVALID_CODE", "{body}");
+    assert!(cookies.is_empty(), "{cookies:?}");
+
+    // The right code sets the new session as the cookie, which then signs
+    // requests in on its own.
+    let (cookies, body) = post_with(
+        &app,
+        VERIFY,
+        json!({ "ch": challenge, "c": code(&app, &enabled.secret, 0) }),
+        &[],
+    )
+    .await;
+    let token = token_of(&body);
+    assert_eq!(cookies.len(), 1, "{cookies:?}");
+    let expected =
+        format!("__Host-authql={token}; HttpOnly; Secure; SameSite=Lax; Path=/; Max-Age=");
+    assert!(cookies[0].starts_with(&expected), "{cookies:?}");
+    let jar = format!("__Host-authql={token}");
+    let (_, body) = post_with(
+        &app,
+        ME,
+        json!({}),
+        &[("Cookie", &jar), ("Sec-Fetch-Site", "same-origin")],
+    )
+    .await;
+    assert_eq!(
+        body["data"]["me"]["username"],
+        user.username.as_str(),
+        "{body}"
+    );
+    assert_eq!(body["data"]["me"]["mfaEnabled"], true);
+}
