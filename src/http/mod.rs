@@ -99,7 +99,10 @@ async fn with_request_id<E: Endpoint>(
         .filter(|id| is_well_formed_id(id))
         .map_or_else(new_request_id, str::to_owned);
     let route = route_label(req.uri().path());
-    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    // The id alone: the layer formats a span's fields when it is made, on
+    // every request, and the route and method are in "request finished".
+    let span = tracing::info_span!("request", request_id = id.as_str());
+    let method = req.method().clone();
     let started = Instant::now();
     let mut response = match next.call(req).instrument(span.clone()).await {
         Ok(response) => response.into_response(),
@@ -109,6 +112,8 @@ async fn with_request_id<E: Endpoint>(
     crate::metrics::http_latency(route, elapsed);
     span.in_scope(|| {
         tracing::debug!(
+            %method,
+            route,
             status = response.status().as_u16(),
             elapsed_ms = elapsed.as_millis() as u64,
             "request finished"
