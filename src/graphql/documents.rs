@@ -5,18 +5,22 @@
 //! so no text is parsed without first passing the bounds of
 //! [`super::shape`]. Clients send the same few documents over and over, and
 //! parsing is about half the work of a cached `me` (see bench/RESULTS.md):
-//! a document that validated is kept and later requests skip the parse. A
-//! kept document still goes through every check: async-graphql validates it
-//! (depth, complexity) on every request as on a fresh one.
+//! a document that validated is kept and later requests skip the parse.
+//! async-graphql's verdict on a document is kept with it too, for requests
+//! without variables: validation then reads nothing but the document, the
+//! operation's name and the schema, so the same three give the same
+//! verdict (depth and complexity included). A request with variables is
+//! validated every time, as their values are part of it.
 //!
 //! Only documents that passed validation are kept, each weighed by an upper
 //! bound of its memory ([`weight`]), within [`BUDGET_BYTES`]: a stream of
 //! distinct hostile documents, all refused, leaves nothing behind.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_graphql::parser::types::{ExecutableDocument, OperationType};
+use async_graphql::ValidationResult;
 use mini_moka::sync::{Cache, ConcurrentCacheExt as _};
 
 use super::error::Refused;
@@ -50,6 +54,9 @@ pub fn weight(text: &str, selections: usize) -> u32 {
 struct Kept {
     document: ExecutableDocument,
     weight: u32,
+    /// async-graphql's verdict for a request without variables, with the
+    /// operation name it was given for (the first such request sets it).
+    verdict: OnceLock<(Option<String>, ValidationResult)>,
 }
 
 #[derive(Clone)]
@@ -103,9 +110,38 @@ impl Checked {
 pub struct Validated {
     validated: Arc<AtomicBool>,
     executing: Arc<AtomicBool>,
+    /// The document and operation name, when the request has no variables
+    /// and its verdict may be reused or kept.
+    reusable: Option<(Arc<Kept>, Option<String>)>,
 }
 
 impl Validated {
+    /// For `request`, whose document is `checked`.
+    pub fn for_request(checked: &Checked, request: &async_graphql::Request) -> Self {
+        let reusable = request
+            .variables
+            .is_empty()
+            .then(|| (Arc::clone(&checked.kept), request.operation_name.clone()));
+        Self {
+            reusable,
+            ..Self::default()
+        }
+    }
+
+    /// The verdict of an earlier request like this one, when kept.
+    pub fn earlier_verdict(&self) -> Option<ValidationResult> {
+        let (kept, operation_name) = self.reusable.as_ref()?;
+        let (for_name, verdict) = kept.verdict.get()?;
+        (for_name == operation_name).then_some(*verdict)
+    }
+
+    /// Keeps this request's passing verdict for later ones like it.
+    pub fn keep_verdict(&self, verdict: ValidationResult) {
+        if let Some((kept, operation_name)) = &self.reusable {
+            let _ = kept.verdict.set((operation_name.clone(), verdict));
+        }
+    }
+
     pub fn mark(&self) {
         self.validated.store(true, Ordering::Relaxed);
     }
@@ -189,6 +225,7 @@ impl DocumentCache {
             kept: Arc::new(Kept {
                 document,
                 weight: weight(text, cost.complexity),
+                verdict: OnceLock::new(),
             }),
             keep_as: (text.len() <= MAX_KEPT_QUERY_BYTES).then(|| text.clone()),
             persist_as: None,
@@ -275,6 +312,35 @@ mod tests {
             .expect("refused");
         assert_eq!(refused.reason, "GRAPHQL_PARSE_FAILED");
         assert!(!refused.message.contains("hunter2"));
+    }
+
+    #[tokio::test]
+    async fn a_verdict_is_reused_only_without_variables_and_for_the_same_operation() {
+        let schema = crate::graphql::build_schema(false);
+        let cache = DocumentCache::default();
+        let text = "query A { __typename } query B { __typename }".to_owned();
+        let run = |operation: &str, variables: serde_json::Value| {
+            let checked = cache.check(&text).unwrap();
+            let request = async_graphql::Request::new(text.clone())
+                .operation_name(operation)
+                .variables(async_graphql::Variables::from_json(variables));
+            let validated = Validated::for_request(&checked, &request);
+            (checked, request, validated)
+        };
+        let (checked, mut request, validated) = run("A", serde_json::json!({}));
+        assert!(validated.earlier_verdict().is_none());
+        request.set_parsed_query(checked.document());
+        let response = schema.execute(request.data(validated.clone())).await;
+        assert!(response.errors.is_empty(), "{:?}", response.errors);
+        assert!(validated.is_set());
+        cache.keep_if_valid(checked, &validated);
+
+        let (_, _, again) = run("A", serde_json::json!({}));
+        assert!(again.earlier_verdict().is_some());
+        let (_, _, other_operation) = run("B", serde_json::json!({}));
+        assert!(other_operation.earlier_verdict().is_none());
+        let (_, _, with_variables) = run("A", serde_json::json!({ "x": 1 }));
+        assert!(with_variables.earlier_verdict().is_none());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! An async-graphql extension that records each operation's latency by its
-//! type and tells the document cache which documents validated.
+//! type, tells the document cache which documents validated, and reuses a
+//! kept verdict where one applies (see `super::documents`).
 //!
 //! The bounds on a document's shape (nesting, aliases, fragments, depth and
 //! complexity with fragments expanded) are checked before async-graphql
@@ -65,11 +66,19 @@ impl Extension for PerRequest {
         ctx: &ExtensionContext<'_>,
         next: NextValidation<'_>,
     ) -> Result<ValidationResult, Vec<ServerError>> {
-        let result = next.run(ctx).await?;
-        if let Some(validated) = ctx.data_opt::<Validated>() {
-            validated.mark();
-        }
-        Ok(result)
+        let Some(validated) = ctx.data_opt::<Validated>() else {
+            return next.run(ctx).await;
+        };
+        let verdict = match validated.earlier_verdict() {
+            Some(verdict) => verdict,
+            None => {
+                let verdict = next.run(ctx).await?;
+                validated.keep_verdict(verdict);
+                verdict
+            }
+        };
+        validated.mark();
+        Ok(verdict)
     }
 
     async fn execute(

@@ -106,7 +106,7 @@ pub async fn execute_checked(
     mut request: async_graphql::Request,
     checked: Checked,
 ) -> Outcome {
-    let validated = Validated::default();
+    let validated = Validated::for_request(&checked, &request);
     request.set_parsed_query(checked.document());
     let response = schema.execute(request.data(validated.clone())).await;
     let reached = if validated.is_executing() {
