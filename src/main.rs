@@ -9,6 +9,11 @@ use authql::cli::{Cli, CliError, Command};
 use authql::commands::{self, EXIT_SETTING};
 use authql::telemetry;
 
+/// Measured against the system allocator in bench/RESULTS.md: it keeps a
+/// cached `me`'s latency lower while bcrypt threads allocate alongside.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
