@@ -116,11 +116,21 @@ pub struct Validated {
 }
 
 impl Validated {
-    /// For `request`, whose document is `checked`.
+    /// For `request`, whose document is `checked`. A verdict is reused or
+    /// kept only for a request without variables whose operation name, if
+    /// any, is one of the document's: async-graphql validates before it
+    /// looks the name up, and a kept name must be no larger than the text
+    /// the cache weighed.
     pub fn for_request(checked: &Checked, request: &async_graphql::Request) -> Self {
-        let reusable = request
-            .variables
-            .is_empty()
+        let names_an_operation = request.operation_name.as_deref().is_none_or(|wanted| {
+            checked
+                .kept
+                .document
+                .operations
+                .iter()
+                .any(|(name, _)| name.is_some_and(|name| name.as_str() == wanted))
+        });
+        let reusable = (request.variables.is_empty() && names_an_operation)
             .then(|| (Arc::clone(&checked.kept), request.operation_name.clone()));
         Self {
             reusable,
@@ -341,6 +351,38 @@ mod tests {
         assert!(other_operation.earlier_verdict().is_none());
         let (_, _, with_variables) = run("A", serde_json::json!({ "x": 1 }));
         assert!(with_variables.earlier_verdict().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_operation_name_the_document_lacks_keeps_no_verdict() {
+        let schema = crate::graphql::build_schema(false);
+        let cache = DocumentCache::default();
+        let text = "{ __typename }".to_owned();
+        let checked = cache.check(&text).unwrap();
+        let mut request =
+            async_graphql::Request::new(text.clone()).operation_name("x".repeat(60_000));
+        let validated = Validated::for_request(&checked, &request);
+        request.set_parsed_query(checked.document());
+        let response = schema.execute(request.data(validated.clone())).await;
+        assert!(
+            !response.errors.is_empty(),
+            "an unknown operation is refused"
+        );
+        assert!(validated.earlier_verdict().is_none());
+        assert!(checked.kept.verdict.get().is_none(), "no name was kept");
+
+        // The document's own (unnamed) operation still gets its verdict kept.
+        let request = async_graphql::Request::new(text.clone());
+        let validated = Validated::for_request(&checked, &request);
+        let mut request = request;
+        request.set_parsed_query(checked.document());
+        let response = schema.execute(request.data(validated.clone())).await;
+        assert!(response.errors.is_empty(), "{:?}", response.errors);
+        assert!(checked
+            .kept
+            .verdict
+            .get()
+            .is_some_and(|(name, _)| name.is_none()));
     }
 
     #[test]
