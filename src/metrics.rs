@@ -161,23 +161,28 @@ pub fn cache_entries(entries: u64) {
 }
 
 pub fn operation_latency(kind: &'static str, elapsed: Duration) {
-    let held = HOT
-        .get()
-        .zip(OPERATIONS.iter().position(|known| *known == kind));
-    match held {
-        Some((hot, index)) => hot.operations[index].record(elapsed.as_secs_f64()),
+    match held(|hot| &hot.operations, &OPERATIONS, kind) {
+        Some(histogram) => histogram.record(elapsed.as_secs_f64()),
         None => operation_histogram(kind).record(elapsed.as_secs_f64()),
     }
 }
 
 pub fn http_latency(route: &'static str, elapsed: Duration) {
-    let held = HOT
-        .get()
-        .zip(ROUTES.iter().position(|known| *known == route));
-    match held {
-        Some((hot, index)) => hot.http[index].record(elapsed.as_secs_f64()),
+    match held(|hot| &hot.http, &ROUTES, route) {
+        Some(histogram) => histogram.record(elapsed.as_secs_f64()),
         None => http_histogram(route).record(elapsed.as_secs_f64()),
     }
+}
+
+/// The histogram held for `label` (one of `labels`, in the order `series`
+/// holds them), once the recorder is installed.
+fn held(
+    series: fn(&'static HotSeries) -> &'static [Histogram],
+    labels: &[&str],
+    label: &str,
+) -> Option<&'static Histogram> {
+    let index = labels.iter().position(|known| *known == label)?;
+    HOT.get().map(|hot| &series(hot)[index])
 }
 
 pub fn connection_refused() {

@@ -23,26 +23,7 @@ async fn cookie_app() -> TestApp {
 
 /// POSTs `query` with `headers`; returns status, `Set-Cookie` lines, body.
 async fn post(app: &TestApp, query: &str, headers: &[(&str, &str)]) -> (u16, Vec<String>, Value) {
-    let mut request = app
-        .client
-        .post(app.url("/graphql"))
-        .json(&json!({ "query": query }));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = request.send().await.expect("request sent");
-    let status = response.status().as_u16();
-    let cookies = response
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_owned())
-        .collect();
-    (
-        status,
-        cookies,
-        response.json().await.unwrap_or(Value::Null),
-    )
+    app.graphql_with_headers(query, json!({}), headers).await
 }
 
 /// Logs in; returns the token and the `Set-Cookie` line.

@@ -554,21 +554,9 @@ async fn post_with(
     variables: Value,
     headers: &[(&str, &str)],
 ) -> (Vec<String>, Value) {
-    let mut request = app
-        .client
-        .post(app.url("/graphql"))
-        .json(&json!({ "query": query, "variables": variables }));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = request.send().await.expect("request sent");
-    let cookies = response
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_owned())
-        .collect();
-    (cookies, response.json().await.expect("a JSON body"))
+    let (status, cookies, body) = app.graphql_with_headers(query, variables, headers).await;
+    assert_eq!(status, 200, "{body}");
+    (cookies, body)
 }
 
 #[tokio::test]

@@ -242,6 +242,37 @@ impl TestApp {
         body
     }
 
+    /// POSTs a GraphQL request with extra `headers` (a cookie, an origin);
+    /// returns the status, the `Set-Cookie` lines and the body (`Null`
+    /// when it is not JSON).
+    pub async fn graphql_with_headers(
+        &self,
+        query: &str,
+        variables: Value,
+        headers: &[(&str, &str)],
+    ) -> (u16, Vec<String>, Value) {
+        let mut request = self
+            .client
+            .post(self.url("/graphql"))
+            .json(&json!({ "query": query, "variables": variables }));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        let cookies = response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().expect("an ASCII Set-Cookie").to_owned())
+            .collect();
+        (
+            status,
+            cookies,
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
     /// Creates an active user with a random name and a strong password,
     /// whose address is `USERNAME@example.com`.
     pub async fn create_user(&self) -> TestUser {
