@@ -13,7 +13,7 @@ use sea_orm::DbBackend;
 use crate::auth::{last_used, listener, sweeper, AuthService};
 use crate::clock::Clock;
 use crate::config::{SettingError, Settings};
-use crate::state::AppState;
+use crate::state::{AppState, Shared};
 use crate::{db, graphql, http, metrics};
 
 /// A connection that reads and writes nothing for this long is closed
@@ -55,7 +55,7 @@ impl App {
             // Until LISTEN works, other instances' revocations are unheard.
             auth.cache().set_bypassed(true);
         }
-        let state = AppState {
+        let state = AppState::new(Shared {
             schema: graphql::build_schema(settings.introspection),
             documents: graphql::DocumentCache::default(),
             metrics: metrics::handle(),
@@ -70,7 +70,7 @@ impl App {
                 }),
             cors_origins: settings.cors_origins.clone(),
             auth,
-        };
+        });
         Ok(Self {
             listener,
             state,

@@ -1,4 +1,5 @@
-//! The state every handler shares, built once at start and cheap to clone.
+//! The state every handler shares, built once at start and cheap to clone:
+//! poem hands every request its own copy, so a copy is one reference count.
 
 use std::sync::Arc;
 
@@ -8,7 +9,23 @@ use crate::auth::AuthService;
 use crate::graphql::{AuthqlSchema, DocumentCache};
 
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub auth: Arc<AuthService>,
     pub schema: AuthqlSchema,
     /// Parsed documents by query text.

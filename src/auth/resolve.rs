@@ -49,6 +49,17 @@ impl AuthService {
                 return Ok(principal);
             }
         }
+        // Boxed: sea-orm's query futures are kilobytes, and every caller's
+        // future (and each HTTP layer above it) would hold and copy them on
+        // every request, cache hits included.
+        Box::pin(self.resolve_from_database(digest, now)).await
+    }
+
+    async fn resolve_from_database(
+        &self,
+        digest: TokenDigest,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Arc<Principal>, AuthError> {
         let generation = self.cache.generation();
         let found = auth_token::Entity::find()
             .filter(auth_token::Column::Digest.eq(digest.to_hex()))

@@ -108,7 +108,9 @@ pub async fn execute_checked(
 ) -> Outcome {
     let validated = Validated::for_request(&checked, &request);
     request.set_parsed_query(checked.document());
-    let response = schema.execute(request.data(validated.clone())).await;
+    // Boxed: async-graphql's execution future is kilobytes, and the HTTP
+    // layers above would otherwise hold and copy it on every request.
+    let response = Box::pin(schema.execute(request.data(validated.clone()))).await;
     let reached = if validated.is_executing() {
         Reached::Execution
     } else {

@@ -38,7 +38,9 @@ pub async fn post(req: &Request, body: Body, Data(state): Data<&AppState>) -> Re
     let Some(media) = negotiate(accept(req)) else {
         return not_acceptable();
     };
-    in_media(media, post_as(media, req, body, state).await)
+    // Boxed, like the GET's: the layers above a handler move its future,
+    // and a small one is cheap to move.
+    in_media(media, Box::pin(post_as(media, req, body, state)).await)
 }
 
 async fn post_as(media: MediaType, req: &Request, body: Body, state: &AppState) -> Response {
@@ -190,7 +192,7 @@ async fn get_answer(req: &Request, state: &AppState) -> Response {
     let Some(media) = negotiate(accept(req)) else {
         return not_acceptable();
     };
-    in_media(media, get_as(media, req, params, state).await)
+    in_media(media, Box::pin(get_as(media, req, params, state)).await)
 }
 
 async fn get_as(
