@@ -5,33 +5,11 @@
 //! (hence a test binary of its own), over the shapes that cost the most per
 //! byte of text, and checks that the bound holds for every one of them.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use authql::graphql::documents::{DocumentCache, MAX_KEPT_QUERY_BYTES};
 
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        // SAFETY: the caller's layout, passed on.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: `ptr` came from `alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
+mod counting;
 
 /// Only one measurement at a time: the counter is global.
 static MEASURING: Mutex<()> = Mutex::new(());
@@ -41,10 +19,10 @@ static MEASURING: Mutex<()> = Mutex::new(());
 fn bytes_kept(text: &str) -> (usize, usize) {
     let _one_at_a_time = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
     let text = text.to_owned();
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = counting::live_bytes();
     let checked = DocumentCache::default().check(&text);
     let kept = checked.ok();
-    let after = LIVE.load(Ordering::Relaxed);
+    let after = counting::live_bytes();
     let weighed = kept.as_ref().map(|k| k.weight() as usize);
     drop(kept);
     let weighed = weighed.unwrap_or_else(|| panic!("the document passed the bounds: {text}"));
