@@ -13,6 +13,11 @@
                                             made AGE seconds ago (default 0)
   bench.py last-used DBFILE TOKEN SECONDS   the token's lastUsedAt must have been
                                             written within SECONDS
+  bench.py requests ADDRESS KIND COUNT TOKEN
+                                            COUNT requests one after another on
+                                            one kept-alive connection; KIND is
+                                            healthz, verify or me; each must
+                                            answer 200
   bench.py summarize RUNDIR                 figures of one run -> RUNDIR/figures.json
   bench.py report OUTDIR RUNDIR...          medians over runs -> table, exit 3 on
                                             a missed target when BENCH_ENFORCE=1
@@ -332,6 +337,30 @@ def report(outdir, rundirs):
         print("every target met")
 
 
+def requests(address, kind, count, token):
+    """One connection, one request at a time: what instructions.sh counts."""
+    import http.client
+
+    host, port = address.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    bearer = {"Authorization": "Bearer " + token}
+    body = json.dumps({"query": ME})
+    for _ in range(int(count)):
+        if kind == "healthz":
+            connection.request("GET", "/healthz")
+        elif kind == "verify":
+            connection.request("GET", "/auth/verify", headers=bearer)
+        elif kind == "me":
+            headers = dict(bearer, **{"Content-Type": "application/json"})
+            connection.request("POST", "/graphql", body=body, headers=headers)
+        else:
+            die(f"unknown request kind {kind}")
+        response = connection.getresponse()
+        response.read()
+        if response.status != 200:
+            die(f"{kind}: status {response.status}")
+
+
 def main(argv):
     if len(argv) < 2:
         die(__doc__)
@@ -357,6 +386,8 @@ def main(argv):
         print(metric(args[0], args[1], args[2:]))
     elif cmd == "tokens":
         insert_tokens(*args)
+    elif cmd == "requests":
+        requests(*args)
     elif cmd == "summarize":
         print(json.dumps(summarize(args[0]), indent=1))
     elif cmd == "report":
