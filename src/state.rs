@@ -25,6 +25,7 @@ impl std::ops::Deref for AppState {
     }
 }
 
+/// What every copy of [`AppState`] points to.
 pub struct Shared {
     pub auth: Arc<AuthService>,
     pub schema: AuthqlSchema,

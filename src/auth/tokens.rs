@@ -67,9 +67,13 @@ impl Token {
             return Err(MalformedToken);
         }
         let (body, given) = text[prefix.len()..].split_at(BODY_LEN);
-        let random = URL_SAFE_NO_PAD.decode(body).map_err(|_| MalformedToken)?;
-        let given = URL_SAFE_NO_PAD.decode(given).map_err(|_| MalformedToken)?;
-        if bool::from(checksum(&random).ct_eq(given.as_slice())) {
+        // Decoded on the stack: every request that carries a token comes
+        // here, and the lengths are fixed.
+        let mut random = [0u8; RANDOM_BYTES + 3];
+        let mut checksum_given = [0u8; CHECKSUM_BYTES + 3];
+        let random = decoded(body, &mut random, RANDOM_BYTES)?;
+        let given = decoded(given, &mut checksum_given, CHECKSUM_BYTES)?;
+        if bool::from(checksum(random).ct_eq(given)) {
             Ok(Self(text.to_owned().into()))
         } else {
             Err(MalformedToken)
@@ -83,6 +87,14 @@ impl Token {
 
     pub fn digest(&self) -> TokenDigest {
         TokenDigest(Sha256::digest(self.expose().as_bytes()).into())
+    }
+}
+
+/// `text` decoded into `buffer`, which must come to exactly `len` bytes.
+fn decoded<'a>(text: &str, buffer: &'a mut [u8], len: usize) -> Result<&'a [u8], MalformedToken> {
+    match URL_SAFE_NO_PAD.decode_slice(text, buffer) {
+        Ok(n) if n == len => Ok(&buffer[..n]),
+        _ => Err(MalformedToken),
     }
 }
 

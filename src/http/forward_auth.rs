@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use poem::http::{header, HeaderValue, StatusCode};
+use poem::http::{header, HeaderName, HeaderValue, StatusCode};
 use poem::web::Data;
 use poem::{handler, IntoResponse as _, Request, Response};
 
@@ -30,14 +30,22 @@ pub async fn verify(req: &Request, Data(state): Data<&AppState>) -> Response {
     };
     let mut response = Response::builder()
         .status(StatusCode::OK)
-        .header(header::CACHE_CONTROL, "no-store")
-        .header(USER_ID, principal.user.id)
-        .header(SESSION_ID, principal.session_id)
+        .header(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))
         .finish();
+    // Names made once, not parsed from text on every check.
+    let headers = response.headers_mut();
+    headers.insert(
+        HeaderName::from_static(USER_ID),
+        HeaderValue::from(principal.user.id),
+    );
+    headers.insert(
+        HeaderName::from_static(SESSION_ID),
+        HeaderValue::from(principal.session_id),
+    );
     // Usernames are letters, digits and `@ . + - _`: always a valid header
     // value, non-ASCII letters as their UTF-8 bytes.
     if let Ok(name) = HeaderValue::from_bytes(principal.user.username.as_bytes()) {
-        response.headers_mut().insert(USERNAME, name);
+        headers.insert(HeaderName::from_static(USERNAME), name);
     }
     response
 }

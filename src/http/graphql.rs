@@ -38,8 +38,8 @@ pub async fn post(req: &Request, body: Body, Data(state): Data<&AppState>) -> Re
     let Some(media) = negotiate(accept(req)) else {
         return not_acceptable();
     };
-    // Boxed, like the GET's: the layers above a handler move its future,
-    // and a small one is cheap to move.
+    // Boxed: every layer above a handler moves the handler's future, and
+    // this one holds the body read and the execution (as does the GET's).
     in_media(media, Box::pin(post_as(media, req, body, state)).await)
 }
 
