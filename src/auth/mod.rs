@@ -18,6 +18,7 @@ mod accounts;
 mod backoff;
 pub mod cache;
 pub mod captcha;
+mod hash_pool;
 mod health;
 pub mod last_used;
 pub mod links;

@@ -9,6 +9,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use tokio::sync::Semaphore;
 use unicode_normalization::UnicodeNormalization as _;
 
+use super::hash_pool::HashPool;
 use crate::telemetry::spawn_blocking_with_span;
 
 /// bcrypt reads at most 72 bytes. The `bcrypt` crate appends a NUL and
@@ -162,13 +163,16 @@ fn is_similar_to_username(password: &str, username: &str) -> bool {
     password.contains(&username) || username.contains(&password)
 }
 
-/// Hashes and verifies with bcrypt on tokio's blocking pool, at most
-/// `concurrency` at once, so that a flood of logins queues here instead of
-/// taking every core from the requests that need none.
+/// Hashes and verifies with bcrypt on hashing threads of its own (below the
+/// async workers' priority, see [`HashPool`]), at most `concurrency` at
+/// once, so that a flood of logins queues here instead of taking every core
+/// from the requests that need none.
 #[derive(Clone)]
 pub struct PasswordHasher {
     cost: u32,
     permits: Arc<Semaphore>,
+    /// As many threads as permits.
+    pool: Arc<HashPool>,
     /// Verified against when the user is unknown or inactive, so that such
     /// a login takes as long as a real one.
     dummy_hash: Arc<str>,
@@ -186,9 +190,11 @@ impl PasswordHasher {
         .await
         .context("dummy hash task failed")?
         .context("cannot make the dummy bcrypt hash")?;
+        let concurrency = concurrency.max(1);
         Ok(Self {
             cost,
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            permits: Arc::new(Semaphore::new(concurrency)),
+            pool: Arc::new(HashPool::new(concurrency).context("cannot start the hashing threads")?),
             dummy_hash: dummy.into(),
         })
     }
@@ -252,18 +258,19 @@ impl PasswordHasher {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> anyhow::Result<T> {
-        // The permit moves into the blocking task: if the request is dropped
-        // mid-hash, the slot stays taken until the hash really ends.
+        // The permit moves into the hashing thread: if the request is
+        // dropped mid-hash, the slot stays taken until the hash really ends.
         let permit = tokio::time::timeout(HASH_QUEUE_TIMEOUT, self.permits.clone().acquire_owned())
             .await
             .map_err(|_| HasherBusy)?
             .context("hash semaphore closed")?;
-        spawn_blocking_with_span(move || {
-            let _permit = permit;
-            work()
-        })
-        .await
-        .context("bcrypt task failed")
+        self.pool
+            .run(move || {
+                let _permit = permit;
+                work()
+            })
+            .await
+            .context("bcrypt task failed")
     }
 }
 
