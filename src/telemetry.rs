@@ -1,10 +1,8 @@
 //! Logging through `tracing` to stderr, as text for people or JSON for log
-//! shippers; `RUST_LOG` filters. Also the helper that runs blocking work on
-//! tokio's blocking pool without losing the request's span.
+//! shippers; `RUST_LOG` filters.
 
 use std::fmt;
 
-use tokio::task::JoinHandle;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::Writer;
@@ -77,7 +75,6 @@ impl<'writer> FormatFields<'writer> for JsonSpanFields {
 struct JsonObject {
     /// `{` and the members so far, comma-separated.
     text: String,
-    failed: bool,
 }
 
 impl Default for JsonObject {
@@ -85,20 +82,16 @@ impl Default for JsonObject {
         // Room for a request id's span without growing.
         let mut text = String::with_capacity(64);
         text.push('{');
-        Self {
-            text,
-            failed: false,
-        }
+        Self { text }
     }
 }
 
 impl JsonObject {
     fn member(&mut self, field: &Field, value: impl serde::Serialize) {
         self.name(field);
-        match serde_json::to_string(&value) {
-            Ok(value) => self.text.push_str(&value),
-            Err(_) => self.failed = true,
-        }
+        // Numbers and booleans always serialise (a non-finite float as null).
+        let value = serde_json::to_string(&value).unwrap_or_else(|_| "null".to_owned());
+        self.text.push_str(&value);
     }
 
     fn string_member(&mut self, field: &Field, value: &str) {
@@ -116,9 +109,6 @@ impl JsonObject {
     }
 
     fn finish(mut self, writer: &mut Writer<'_>) -> fmt::Result {
-        if self.failed {
-            return Err(fmt::Error);
-        }
         self.text.push('}');
         writer.write_str(&self.text)
     }
@@ -161,17 +151,6 @@ impl Visit for JsonObject {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.string_member(field, &format!("{value:?}"));
     }
-}
-
-/// `spawn_blocking`, keeping the caller's span so the work's logs carry the
-/// request id.
-pub fn spawn_blocking_with_span<F, R>(work: F) -> JoinHandle<R>
-where
-    F: FnOnce() -> R + Send + 'static,
-    R: Send + 'static,
-{
-    let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || span.in_scope(work))
 }
 
 #[cfg(test)]

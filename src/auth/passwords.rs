@@ -1,6 +1,6 @@
 //! Passwords: normalisation, the policy a new password must pass, and
-//! bcrypt hashing on tokio's blocking pool with a bound on how many hashes
-//! run at once.
+//! bcrypt hashing on threads of its own (`super::hash_pool`) with a bound
+//! on how many hashes run at once.
 
 use std::sync::Arc;
 
@@ -10,7 +10,6 @@ use tokio::sync::Semaphore;
 use unicode_normalization::UnicodeNormalization as _;
 
 use super::hash_pool::HashPool;
-use crate::telemetry::spawn_blocking_with_span;
 
 /// bcrypt reads at most 72 bytes. The `bcrypt` crate appends a NUL and
 /// truncates to 72, so a 72-byte password keeps every byte (only the NUL is
@@ -184,17 +183,17 @@ impl PasswordHasher {
     /// # Errors
     /// When bcrypt fails (an invalid cost).
     pub async fn new(cost: u32, concurrency: usize) -> anyhow::Result<Self> {
-        let dummy = spawn_blocking_with_span(move || {
-            bcrypt::hash(crate::auth::tokens::Token::generate().expose(), cost)
-        })
-        .await
-        .context("dummy hash task failed")?
-        .context("cannot make the dummy bcrypt hash")?;
         let concurrency = concurrency.max(1);
+        let pool = HashPool::new(concurrency).context("cannot start the hashing threads")?;
+        let dummy = pool
+            .run(move || bcrypt::hash(crate::auth::tokens::Token::generate().expose(), cost))
+            .await
+            .context("dummy hash task failed")?
+            .context("cannot make the dummy bcrypt hash")?;
         Ok(Self {
             cost,
             permits: Arc::new(Semaphore::new(concurrency)),
-            pool: Arc::new(HashPool::new(concurrency).context("cannot start the hashing threads")?),
+            pool: Arc::new(pool),
             dummy_hash: dummy.into(),
         })
     }
