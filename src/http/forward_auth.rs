@@ -8,8 +8,7 @@
 use std::time::Duration;
 
 use poem::http::{header, HeaderName, HeaderValue, StatusCode};
-use poem::web::Data;
-use poem::{handler, IntoResponse as _, Request, Response};
+use poem::{IntoResponse as _, Request, Response};
 
 use super::cookie::{request_credential, CrossOrigin};
 use crate::auth::{Credential, Principal};
@@ -19,33 +18,30 @@ use crate::state::AppState;
 pub const USER_ID: &str = "x-authql-user-id";
 pub const USERNAME: &str = "x-authql-username";
 pub const SESSION_ID: &str = "x-authql-session-id";
+// Made at compile time: `from_static` at run time checks every byte again.
+const USER_ID_HEADER: HeaderName = HeaderName::from_static(USER_ID);
+const USERNAME_HEADER: HeaderName = HeaderName::from_static(USERNAME);
+const SESSION_ID_HEADER: HeaderName = HeaderName::from_static(SESSION_ID);
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
 /// 200 with the user's id, name and session id in headers, for the proxy
 /// to pass on; or 401 with an RFC 6750 challenge.
-#[handler]
-pub async fn verify(req: &Request, Data(state): Data<&AppState>) -> Response {
+pub async fn verify(req: &Request, state: &AppState) -> Response {
     let principal = match resolve(req, state).await {
         Ok(principal) => principal,
         Err(refusal) => return refusal.into_response(),
     };
     let mut response = Response::builder()
         .status(StatusCode::OK)
-        .header(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))
+        .header(header::CACHE_CONTROL, NO_STORE)
         .finish();
-    // Names made once, not parsed from text on every check.
     let headers = response.headers_mut();
-    headers.insert(
-        HeaderName::from_static(USER_ID),
-        HeaderValue::from(principal.user.id),
-    );
-    headers.insert(
-        HeaderName::from_static(SESSION_ID),
-        HeaderValue::from(principal.session_id),
-    );
+    headers.insert(USER_ID_HEADER, HeaderValue::from(principal.user.id));
+    headers.insert(SESSION_ID_HEADER, HeaderValue::from(principal.session_id));
     // Usernames are letters, digits and `@ . + - _`: always a valid header
     // value, non-ASCII letters as their UTF-8 bytes.
     if let Ok(name) = HeaderValue::from_bytes(principal.user.username.as_bytes()) {
-        headers.insert(HeaderName::from_static(USERNAME), name);
+        headers.insert(USERNAME_HEADER, name);
     }
     response
 }
@@ -54,8 +50,7 @@ pub async fn verify(req: &Request, Data(state): Data<&AppState>) -> Response {
 /// `Cache-Control` that never lets Hasura keep the answer past the token's
 /// remaining life nor past `cache-ttl` (so a revocation reaches Hasura no
 /// later than it reaches another authql instance); or 401.
-#[handler]
-pub async fn hasura(req: &Request, Data(state): Data<&AppState>) -> Response {
+pub async fn hasura(req: &Request, state: &AppState) -> Response {
     let principal = match resolve(req, state).await {
         Ok(principal) => principal,
         Err(refusal) => return refusal.into_response(),

@@ -9,8 +9,7 @@
 //! authql and are revalidated.
 
 use poem::http::{header, HeaderValue, StatusCode};
-use poem::web::{Data, Path};
-use poem::{handler, IntoResponse as _, Response};
+use poem::{IntoResponse as _, Response};
 
 use crate::state::AppState;
 
@@ -106,10 +105,9 @@ pub fn page() -> Response {
     response
 }
 
-/// `GET /graphql/assets/:name`: one of [`ASSETS`], or 404 (also when the
+/// `GET /graphql/assets/NAME`: one of [`ASSETS`], or 404 (also when the
 /// page is turned off).
-#[handler]
-pub fn asset(Path(name): Path<String>, Data(state): Data<&AppState>) -> Response {
+pub fn asset(name: &str, state: &AppState) -> Response {
     let found = ASSETS.iter().find(|asset| asset.name == name);
     let Some(asset) = found.filter(|_| state.graphiql) else {
         return StatusCode::NOT_FOUND.into_response();

@@ -7,9 +7,11 @@
 use std::sync::Arc;
 
 use async_graphql::{BatchRequest, Variables};
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use poem::http::{header, StatusCode};
-use poem::web::Data;
-use poem::{handler, Body, Request, Response};
+use poem::{Body, Request, Response};
 use serde::Deserialize;
 
 use super::client_ip::client_info;
@@ -33,14 +35,15 @@ pub const MAX_GET_QUERY_BYTES: usize = 32 * 1024;
 /// Most operations in one batched request.
 pub const MAX_BATCH: usize = 10;
 
-#[handler]
-pub async fn post(req: &Request, body: Body, Data(state): Data<&AppState>) -> Response {
-    let Some(media) = negotiate(accept(req)) else {
+/// `POST /graphql`.
+pub async fn post(mut req: Request, state: &AppState) -> Response {
+    let Some(media) = negotiate(accept(&req)) else {
         return not_acceptable();
     };
+    let body = req.take_body();
     // Boxed: every layer above a handler moves the handler's future, and
     // this one holds the body read and the execution (as does the GET's).
-    in_media(media, Box::pin(post_as(media, req, body, state)).await)
+    in_media(media, Box::pin(post_as(media, &req, body, state)).await)
 }
 
 async fn post_as(media: MediaType, req: &Request, body: Body, state: &AppState) -> Response {
@@ -51,8 +54,7 @@ async fn post_as(media: MediaType, req: &Request, body: Body, state: &AppState) 
             "UNSUPPORTED_MEDIA_TYPE",
         );
     }
-    let read = tokio::time::timeout(BODY_READ_TIMEOUT, body.into_bytes_limit(MAX_BODY_BYTES));
-    let bytes = match read.await {
+    let bytes = match tokio::time::timeout(BODY_READ_TIMEOUT, read_body(body)).await {
         Err(_) => {
             return refusal(
                 StatusCode::REQUEST_TIMEOUT,
@@ -61,14 +63,14 @@ async fn post_as(media: MediaType, req: &Request, body: Body, state: &AppState) 
             )
         }
         Ok(Ok(bytes)) => bytes,
-        Ok(Err(poem::error::ReadBodyError::PayloadTooLarge)) => {
+        Ok(Err(BodyError::TooLarge)) => {
             return refusal(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("the body is larger than {MAX_BODY_BYTES} bytes"),
                 "BODY_TOO_LARGE",
             )
         }
-        Ok(Err(_)) => {
+        Ok(Err(BodyError::Unreadable)) => {
             return refusal(
                 StatusCode::BAD_REQUEST,
                 "the body could not be read",
@@ -128,6 +130,23 @@ async fn post_as(media: MediaType, req: &Request, body: Body, state: &AppState) 
     with_cookie(response, &context, state)
 }
 
+enum BodyError {
+    TooLarge,
+    Unreadable,
+}
+
+/// The body, up to [`MAX_BODY_BYTES`]. Collected frame by frame: a body
+/// that arrives in one frame (most do) is kept as it came, where poem's
+/// `into_bytes_limit` zeroes a 4 KiB buffer and copies through it.
+async fn read_body(body: Body) -> Result<Bytes, BodyError> {
+    let body: BoxBody<Bytes, std::io::Error> = body.into();
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<LengthLimitError>() => Err(BodyError::TooLarge),
+        Err(_) => Err(BodyError::Unreadable),
+    }
+}
+
 /// The status of an answer: always 200 under `application/json`; under
 /// `application/graphql-response+json`, 400 for a request refused before
 /// execution (for a batch: when every one of its requests was). A
@@ -162,8 +181,8 @@ struct GetParams {
     extensions: Option<String>,
 }
 
-#[handler]
-pub async fn get(req: &Request, Data(state): Data<&AppState>) -> Response {
+/// `GET /graphql`: GraphiQL for a browser, or a query.
+pub async fn get(req: &Request, state: &AppState) -> Response {
     let mut response = get_answer(req, state).await;
     // The page or JSON, by `Accept`: caches must keep them apart.
     response

@@ -25,6 +25,36 @@ async fn healthz_answers_while_the_process_serves() {
 }
 
 #[tokio::test]
+async fn routes_answer_by_path_and_method() {
+    let app = spawn_app().await;
+    let status = |method: reqwest::Method, path: &'static str| {
+        let request = app.client.request(method, app.url(path)).send();
+        async move { request.await.unwrap().status().as_u16() }
+    };
+    // No such path: 404, also for near misses of a route's path.
+    for path in [
+        "/nope",
+        "/healthz/",
+        "/graphql/",
+        "/auth",
+        "/graphql/assets/",
+        "/graphql/assets/a/b",
+    ] {
+        assert_eq!(status(reqwest::Method::GET, path).await, 404, "{path}");
+    }
+    // A path served, by another method: 405.
+    assert_eq!(status(reqwest::Method::POST, "/healthz").await, 405);
+    assert_eq!(status(reqwest::Method::PUT, "/graphql").await, 405);
+    assert_eq!(status(reqwest::Method::DELETE, "/auth/verify").await, 405);
+    // HEAD is answered as GET, without the body.
+    let head = app.client.head(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert!(head.bytes().await.unwrap().is_empty());
+    let get = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(get.text().await.unwrap(), "ok");
+}
+
+#[tokio::test]
 async fn readyz_follows_the_database() {
     let app = spawn_app().await;
     assert_eq!(
