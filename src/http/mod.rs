@@ -139,14 +139,19 @@ impl Routes {
 }
 
 /// A panic below becomes a 500 for this request alone; the process keeps
-/// serving.
-async fn or_internal_error(
+/// serving. (A combinator, not an `async fn`, which would move `answer`
+/// once more.)
+fn or_internal_error(
     answer: impl Future<Output = poem::Result<Response>>,
-) -> poem::Result<Response> {
-    match AssertUnwindSafe(answer).catch_unwind().await {
-        Ok(result) => result,
-        Err(_) => Ok((StatusCode::INTERNAL_SERVER_ERROR, "internal server error").into_response()),
-    }
+) -> impl Future<Output = poem::Result<Response>> {
+    AssertUnwindSafe(answer)
+        .catch_unwind()
+        .map(|caught| match caught {
+            Ok(result) => result,
+            Err(_) => {
+                Ok((StatusCode::INTERNAL_SERVER_ERROR, "internal server error").into_response())
+            }
+        })
 }
 
 /// With CORS on, every answer depends on the request's `Origin` (allowed,
