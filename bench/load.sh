@@ -98,7 +98,12 @@ STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT="$BENCH_DIR/results/$STAMP"
 mkdir -p "$OUT"
 {
-    echo "commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet HEAD -- src migration Cargo.toml 2>/dev/null || echo ' (with uncommitted changes)')"
+    if [[ -n "${BENCH_AUTHQL:-}" ]]; then
+        # Another build: the checkout's commit would name the wrong code.
+        echo "authql: $AUTHQL (BENCH_AUTHQL; the checkout is at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown))"
+    else
+        echo "commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet HEAD -- src migration Cargo.toml 2>/dev/null || echo ' (with uncommitted changes)')"
+    fi
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "cores: $CORES; scenario length: ${DURATION} s; hash-concurrency: ${BENCH_HASH_CONCURRENCY:-default (cores)}"
     if [[ -n "${BENCH_MEMORY_FLAGS:-}" ]]; then echo "memory instance flags: $BENCH_MEMORY_FLAGS"; fi

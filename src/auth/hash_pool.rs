@@ -5,17 +5,19 @@
 //! it competed with the async workers as an equal, so during a flood of
 //! logins a cached `me` waited behind a 280 ms hash for a core. Here each
 //! hashing thread lowers its own priority once (Linux: `nice` is per
-//! thread), and the kernel hands a core to a woken worker first. With no
-//! other work to do, a niced thread still gets the whole core: a login
-//! alone is as fast as before.
+//! thread) and asks for the shortest time slice, so the kernel hands a
+//! core to a woken worker first and soon. With no other work to do, a
+//! niced thread still gets the whole core: a login alone is as fast as
+//! before.
 
 use std::panic::AssertUnwindSafe;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// How much lower than the process the hashing threads run (`nice` steps;
-/// 10 gives a thread about a tenth of a contended core's time).
-const NICE_STEP: i32 = 10;
+/// How much lower than the process the hashing threads run, in `nice`
+/// steps: 15 gives a thread a weight of 36 against a normal thread's 1,024
+/// (bench/RESULTS.md has what 10 and 15 did to a login storm).
+const NICE_STEP: i32 = 15;
 
 pub struct HashPool {
     jobs: crossbeam_channel::Sender<Job>,
@@ -61,9 +63,10 @@ impl HashPool {
     }
 }
 
-/// Lowers the calling thread's priority by [`NICE_STEP`]; where that is
-/// not possible it runs as it is (the work is bounded by the semaphore in
-/// front either way).
+/// Lowers the calling thread's priority by [`NICE_STEP`], and asks for
+/// the shortest time slice the kernel allows; where that is not possible
+/// it runs as it is (the work is bounded by the semaphore in front either
+/// way).
 fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
@@ -74,11 +77,46 @@ fn lower_priority() {
             let current = libc::getpriority(libc::PRIO_PROCESS, tid);
             if *libc::__errno_location() == 0 {
                 let lower = (current + NICE_STEP).min(19);
-                if libc::setpriority(libc::PRIO_PROCESS, tid, lower) != 0 {
+                if !set_nice_and_slice(lower)
+                    && libc::setpriority(libc::PRIO_PROCESS, tid, lower) != 0
+                {
                     tracing::debug!("could not lower the hashing thread's priority");
                 }
             }
         }
+    }
+}
+
+/// The time slice a hashing thread asks for (the kernel's least, 0.1 ms):
+/// the scheduler lets a running thread finish its slice before a woken
+/// async worker takes the core, so a short slice bounds that wait.
+#[cfg(target_os = "linux")]
+const SLICE_NANOS: u64 = 100_000;
+
+/// `sched_setattr` on the calling thread: normal policy at `nice`, with
+/// [`SLICE_NANOS`] as its slice (Linux 6.12 and later; earlier kernels
+/// ignore the slice). False when the call is refused.
+#[cfg(target_os = "linux")]
+fn set_nice_and_slice(nice: i32) -> bool {
+    let attr = libc::sched_attr {
+        size: std::mem::size_of::<libc::sched_attr>() as u32,
+        sched_policy: 0, // SCHED_OTHER
+        sched_flags: 0,
+        sched_nice: nice,
+        sched_priority: 0,
+        sched_runtime: SLICE_NANOS,
+        sched_deadline: 0,
+        sched_period: 0,
+    };
+    // SAFETY: the attributes outlive the call, which only reads them;
+    // pid 0 is the calling thread.
+    unsafe {
+        libc::syscall(
+            libc::SYS_sched_setattr,
+            0,
+            &attr as *const libc::sched_attr,
+            0,
+        ) == 0
     }
 }
 
@@ -102,6 +140,33 @@ mod tests {
             worker > caller || worker == 19,
             "caller {caller}, worker {worker}"
         );
+    }
+
+    /// The kernel's own account of the calling thread's slice, where it
+    /// honours a slice asked for (Linux 6.12 and later).
+    #[cfg(target_os = "linux")]
+    fn own_slice_if_settable() -> Option<u64> {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+        let mut version = release.trim().split(['.', '-']).map(str::parse::<u32>);
+        let (Some(Ok(major)), Some(Ok(minor))) = (version.next(), version.next()) else {
+            return None;
+        };
+        if (major, minor) < (6, 12) {
+            return None;
+        }
+        let sched = std::fs::read_to_string("/proc/thread-self/sched").ok()?;
+        let line = sched.lines().find(|line| line.starts_with("se.slice"))?;
+        line.split(':').nth(1)?.trim().parse().ok()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashing_threads_ask_for_the_shortest_slice() {
+        let pool = HashPool::new(1).unwrap();
+        if let Some(slice) = pool.run(own_slice_if_settable).await.unwrap() {
+            assert_eq!(slice, SLICE_NANOS);
+            assert_ne!(own_slice_if_settable(), Some(SLICE_NANOS));
+        }
     }
 
     #[tokio::test]
