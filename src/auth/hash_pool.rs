@@ -93,15 +93,21 @@ fn lower_priority() {
 #[cfg(target_os = "linux")]
 const SLICE_NANOS: u64 = 100_000;
 
-/// `sched_setattr` on the calling thread: normal policy at `nice`, with
-/// [`SLICE_NANOS`] as its slice (Linux 6.12 and later; earlier kernels
-/// ignore the slice). False when the call is refused.
+/// `sched_attr`'s flag that keeps the thread's policy (an inherited batch
+/// or idle policy stays), changing only its nice value and slice.
+#[cfg(target_os = "linux")]
+const SCHED_FLAG_KEEP_POLICY: u64 = 0x08;
+
+/// `sched_setattr` on the calling thread: its own policy kept, at `nice`,
+/// with [`SLICE_NANOS`] as its slice (Linux 6.12 and later; earlier
+/// kernels ignore the slice). False when the call is refused (a kernel
+/// older than 4.13, a real-time policy, a seccomp filter).
 #[cfg(target_os = "linux")]
 fn set_nice_and_slice(nice: i32) -> bool {
     let attr = libc::sched_attr {
         size: std::mem::size_of::<libc::sched_attr>() as u32,
-        sched_policy: 0, // SCHED_OTHER
-        sched_flags: 0,
+        sched_policy: 0, // ignored: SCHED_FLAG_KEEP_POLICY
+        sched_flags: SCHED_FLAG_KEEP_POLICY,
         sched_nice: nice,
         sched_priority: 0,
         sched_runtime: SLICE_NANOS,
@@ -163,7 +169,13 @@ mod tests {
     #[tokio::test]
     async fn hashing_threads_ask_for_the_shortest_slice() {
         let pool = HashPool::new(1).unwrap();
-        if let Some(slice) = pool.run(own_slice_if_settable).await.unwrap() {
+        // The slice the thread started with; then whether this kernel lets
+        // a thread set one at all (asking again changes nothing).
+        let (slice, settable) = pool
+            .run(|| (own_slice_if_settable(), set_nice_and_slice(own_nice())))
+            .await
+            .unwrap();
+        if let (Some(slice), true) = (slice, settable) {
             assert_eq!(slice, SLICE_NANOS);
             assert_ne!(own_slice_if_settable(), Some(SLICE_NANOS));
         }

@@ -7,9 +7,9 @@
 use std::sync::Arc;
 
 use async_graphql::{BatchRequest, Variables};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use http_body_util::BodyExt as _;
 use poem::http::{header, StatusCode};
 use poem::{Body, Request, Response};
 use serde::Deserialize;
@@ -78,7 +78,11 @@ async fn post_as(media: MediaType, req: &Request, body: Body, state: &AppState) 
             )
         }
     };
-    let Some(batch) = parse_batch(&bytes) else {
+    let batch = parse_batch(&bytes);
+    // Not held through the execution: a body in one piece is a slice of
+    // the connection's read buffer.
+    drop(bytes);
+    let Some(batch) = batch else {
         return refusal(
             StatusCode::BAD_REQUEST,
             "the body is not a GraphQL request: expected a JSON object with a \"query\" string, or an array of them",
@@ -135,16 +139,38 @@ enum BodyError {
     Unreadable,
 }
 
-/// The body, up to [`MAX_BODY_BYTES`]. Collected frame by frame: a body
-/// that arrives in one frame (most do) is kept as it came, where poem's
-/// `into_bytes_limit` zeroes a 4 KiB buffer and copies through it.
+/// The body, up to [`MAX_BODY_BYTES`]. A body that arrives in one piece
+/// (most do) is kept as it came, where poem's `into_bytes_limit` zeroes a
+/// 4 KiB buffer and copies through it. Pieces after the first are copied
+/// into one buffer as they arrive, so a body sent a byte per chunk holds
+/// its bytes and no more (collecting the pieces would keep a handle, and
+/// the read buffer behind it, per byte).
 async fn read_body(body: Body) -> Result<Bytes, BodyError> {
-    let body: BoxBody<Bytes, std::io::Error> = body.into();
-    match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<LengthLimitError>() => Err(BodyError::TooLarge),
-        Err(_) => Err(BodyError::Unreadable),
+    let mut body: BoxBody<Bytes, std::io::Error> = body.into();
+    let mut single: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| BodyError::Unreadable)?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        if data.is_empty() {
+            continue;
+        }
+        let held = single.as_ref().map_or(joined.len(), Bytes::len);
+        if held + data.len() > MAX_BODY_BYTES {
+            return Err(BodyError::TooLarge);
+        }
+        match single.take() {
+            Some(first) => {
+                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&data);
+            }
+            None if joined.is_empty() => single = Some(data),
+            None => joined.extend_from_slice(&data),
+        }
     }
+    Ok(single.unwrap_or_else(|| joined.freeze()))
 }
 
 /// The status of an answer: always 200 under `application/json`; under

@@ -491,3 +491,51 @@ async fn wide_documents_and_long_get_queries_are_refused_before_validation() {
     assert_eq!(reasons(&body), ["QUERY_TOO_LONG"], "{body}");
     assert_serving(&app).await;
 }
+
+/// POSTs `body` to `/graphql` in chunks of `chunk` bytes over a raw
+/// connection; the status line and the body of the answer.
+async fn post_chunked(app: &TestApp, body: &[u8], chunk: usize) -> (u16, String) {
+    let mut stream = TcpStream::connect(app.address.trim_start_matches("http://"))
+        .await
+        .expect("connected");
+    let mut request = b"POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        .to_vec();
+    for piece in body.chunks(chunk) {
+        request.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        request.extend_from_slice(piece);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    // The server may answer 413 and close before it has read everything.
+    let _ = stream.write_all(&request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .get(9..12)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text:?}"));
+    (status, text)
+}
+
+#[tokio::test]
+async fn a_body_sent_a_byte_per_chunk_is_read_whole_and_bounded() {
+    let app = spawn_app().await;
+    let body = json!({ "query": "{ __typename }" }).to_string();
+    let (status, answer) = post_chunked(&app, body.as_bytes(), 1).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains(r#""__typename":"Query""#), "{answer}");
+    // Exactly the limit still passes (padded with spaces, which JSON
+    // allows); one byte more is refused, however it is cut.
+    let padded = |len: usize| format!("{body}{}", " ".repeat(len - body.len()));
+    let (status, answer) = post_chunked(&app, padded(64 * 1024).as_bytes(), 7).await;
+    assert_eq!(status, 200, "{answer}");
+    let over = padded(64 * 1024 + 1);
+    for chunk in [1, 1000, over.len()] {
+        let (status, answer) = post_chunked(&app, over.as_bytes(), chunk).await;
+        assert_eq!(status, 413, "chunks of {chunk}: {answer}");
+        assert!(answer.contains("BODY_TOO_LARGE"), "{answer}");
+    }
+    assert_serving(&app).await;
+}
