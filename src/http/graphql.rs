@@ -79,8 +79,7 @@ async fn post_as(media: MediaType, req: &Request, body: Body, state: &AppState) 
         }
     };
     let batch = parse_batch(&bytes);
-    // Not held through the execution: a body in one piece is a slice of
-    // the connection's read buffer.
+    // Not held through the execution.
     drop(bytes);
     let Some(batch) = batch else {
         return refusal(
@@ -139,38 +138,25 @@ enum BodyError {
     Unreadable,
 }
 
-/// The body, up to [`MAX_BODY_BYTES`]. A body that arrives in one piece
-/// (most do) is kept as it came, where poem's `into_bytes_limit` zeroes a
-/// 4 KiB buffer and copies through it. Pieces after the first are copied
-/// into one buffer as they arrive, so a body sent a byte per chunk holds
-/// its bytes and no more (collecting the pieces would keep a handle, and
-/// the read buffer behind it, per byte).
+/// The body, up to [`MAX_BODY_BYTES`], copied piece by piece into one
+/// buffer (poem's `into_bytes_limit` also zeroes a 4 KiB buffer per
+/// request and copies through it). Each piece is released as soon as it is copied, so
+/// the connection's read buffer is reused, and a body sent a byte per
+/// chunk holds its bytes and no more.
 async fn read_body(body: Body) -> Result<Bytes, BodyError> {
     let mut body: BoxBody<Bytes, std::io::Error> = body.into();
-    let mut single: Option<Bytes> = None;
-    let mut joined = BytesMut::new();
+    let mut whole = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| BodyError::Unreadable)?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers
         };
-        if data.is_empty() {
-            continue;
-        }
-        let held = single.as_ref().map_or(joined.len(), Bytes::len);
-        if held + data.len() > MAX_BODY_BYTES {
+        if whole.len() + data.len() > MAX_BODY_BYTES {
             return Err(BodyError::TooLarge);
         }
-        match single.take() {
-            Some(first) => {
-                joined.extend_from_slice(&first);
-                joined.extend_from_slice(&data);
-            }
-            None if joined.is_empty() => single = Some(data),
-            None => joined.extend_from_slice(&data),
-        }
+        whole.extend_from_slice(&data);
     }
-    Ok(single.unwrap_or_else(|| joined.freeze()))
+    Ok(whole.freeze())
 }
 
 /// The status of an answer: always 200 under `application/json`; under
