@@ -1,5 +1,5 @@
-//! The state every handler shares, built once at start and cheap to clone:
-//! poem hands every request its own copy, so a copy is one reference count.
+//! The state every handler shares, built once at start and cheap to clone
+//! (one reference count): the routes hold it and lend it to each handler.
 
 use std::sync::Arc;
 

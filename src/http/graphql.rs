@@ -140,9 +140,9 @@ enum BodyError {
 
 /// The body, up to [`MAX_BODY_BYTES`], copied piece by piece into one
 /// buffer (poem's `into_bytes_limit` also zeroes a 4 KiB buffer per
-/// request and copies through it). Each piece is released as soon as it is copied, so
-/// the connection's read buffer is reused, and a body sent a byte per
-/// chunk holds its bytes and no more.
+/// request and copies through it). Each piece is released as soon as it
+/// is copied, so the connection's read buffer is reused, and a body sent
+/// a byte per chunk holds its bytes and no more.
 async fn read_body(body: Body) -> Result<Bytes, BodyError> {
     let mut body: BoxBody<Bytes, std::io::Error> = body.into();
     let mut whole = BytesMut::new();
