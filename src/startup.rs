@@ -56,7 +56,7 @@ impl App {
             auth.cache().set_bypassed(true);
         }
         let state = AppState::new(Shared {
-            schema: graphql::build_schema(settings.introspection),
+            schema: graphql::ServedSchema::new(settings.introspection),
             documents: graphql::DocumentCache::default(),
             metrics: metrics::handle(),
             trust_forwarded_for: settings.trust_forwarded_for,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::auth::AuthService;
-use crate::graphql::{AuthqlSchema, DocumentCache};
+use crate::graphql::{DocumentCache, ServedSchema};
 
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
@@ -28,7 +28,7 @@ impl std::ops::Deref for AppState {
 /// What every copy of [`AppState`] points to.
 pub struct Shared {
     pub auth: Arc<AuthService>,
-    pub schema: AuthqlSchema,
+    pub schema: ServedSchema,
     /// Parsed documents by query text.
     pub documents: DocumentCache,
     pub metrics: PrometheusHandle,

@@ -54,6 +54,8 @@ pub fn weight(text: &str, selections: usize) -> u32 {
 struct Kept {
     document: ExecutableDocument,
     weight: u32,
+    /// It selects `__schema` (see `super::ServedSchema`).
+    selects_schema: bool,
     /// async-graphql's verdict for a request without variables, with the
     /// operation name it was given for (the first such request sets it).
     verdict: OnceLock<(Option<String>, ValidationResult)>,
@@ -90,6 +92,11 @@ impl Checked {
             op.node.ty == OperationType::Mutation
                 && (operation_name.is_none() || name.map(|n| n.as_str()) == operation_name)
         })
+    }
+
+    /// True when the document selects `__schema` somewhere.
+    pub fn selects_schema(&self) -> bool {
+        self.kept.selects_schema
     }
 
     /// What the document weighs in the cache (see [`weight`]).
@@ -233,6 +240,7 @@ impl DocumentCache {
         let cost = shape::measure(&document)?;
         Ok(Checked {
             kept: Arc::new(Kept {
+                selects_schema: super::introspection::selects_schema(&document),
                 document,
                 weight: weight(text, cost.complexity),
                 verdict: OnceLock::new(),

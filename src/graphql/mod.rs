@@ -24,14 +24,22 @@ pub use shape::{MAX_ALIASES, MAX_COMPLEXITY, MAX_DEPTH, MAX_NESTING};
 
 pub type AuthqlSchema = Schema<Query, Mutation, EmptySubscription>;
 
-/// The schema as served, printed by `authql schema`, and tested.
+/// The schema as served to documents that select `__schema`, printed by
+/// `authql schema`, and tested.
 pub fn build_schema(introspection: bool) -> AuthqlSchema {
-    let builder = Schema::build(Query, Mutation, EmptySubscription)
+    build(introspection, true)
+}
+
+/// `describing`: with the hook that answers `__schema { description }`.
+fn build(introspection: bool, describing: bool) -> AuthqlSchema {
+    let mut builder = Schema::build(Query, Mutation, EmptySubscription)
         .override_output_type_description::<DateTime<Utc>>(introspection::DATE_TIME)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
-        .extension(limits::RequestLimits)
-        .extension(introspection::NoSchemaDescription);
+        .extension(limits::RequestLimits);
+    if describing {
+        builder = builder.extension(introspection::NoSchemaDescription);
+    }
     if introspection {
         builder.finish()
     } else {
@@ -39,6 +47,35 @@ pub fn build_schema(introspection: bool) -> AuthqlSchema {
             .disable_introspection()
             .disable_suggestions()
             .finish()
+    }
+}
+
+/// The schema as served, built twice: a document that
+/// [selects `__schema`](introspection::selects_schema) runs on the build
+/// with [`introspection::NoSchemaDescription`], every other document on
+/// the build without it. That hook sits on every field async-graphql
+/// resolves, so it cost every request (bench/RESULTS.md); the two builds
+/// answer every other field alike.
+#[derive(Clone)]
+pub struct ServedSchema {
+    plain: AuthqlSchema,
+    describing: AuthqlSchema,
+}
+
+impl ServedSchema {
+    pub fn new(introspection: bool) -> Self {
+        Self {
+            plain: build(introspection, false),
+            describing: build(introspection, true),
+        }
+    }
+
+    fn for_document(&self, checked: &Checked) -> &AuthqlSchema {
+        if checked.selects_schema() {
+            &self.describing
+        } else {
+            &self.plain
+        }
     }
 }
 
@@ -87,7 +124,7 @@ impl Outcome {
 /// or validates an unchecked text. This is the one entry point of every
 /// transport (POST, GET, each request of a batch).
 pub async fn execute(
-    schema: &AuthqlSchema,
+    schema: &ServedSchema,
     documents: &DocumentCache,
     mut request: async_graphql::Request,
 ) -> Outcome {
@@ -101,11 +138,12 @@ pub async fn execute(
 /// with [`DocumentCache::check_request`] (GET looks at it to refuse
 /// mutations).
 pub async fn execute_checked(
-    schema: &AuthqlSchema,
+    schema: &ServedSchema,
     documents: &DocumentCache,
     mut request: async_graphql::Request,
     checked: Checked,
 ) -> Outcome {
+    let schema = schema.for_document(&checked);
     let validated = Validated::for_request(&checked, &request);
     request.set_parsed_query(checked.document());
     // Boxed: async-graphql's execution future is kilobytes, and the HTTP

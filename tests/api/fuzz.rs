@@ -245,7 +245,7 @@ fn documents_of_any_shape_are_answered_within_bounds_on_a_small_stack() {
 
 async fn run(seed: u64, seconds: Option<u64>) -> (usize, Duration) {
     let app = spawn_app().await;
-    let schema = graphql::build_schema(true);
+    let schema = graphql::ServedSchema::new(true);
     let documents = DocumentCache::default();
     let mut generator = Generator {
         rng: StdRng::seed_from_u64(seed),

@@ -53,6 +53,46 @@ async fn introspection_over_http_says_what_schema_graphql_says() {
 }
 
 #[tokio::test]
+async fn the_schema_has_no_description_however_the_document_asks() {
+    let app = spawn_app().await;
+    // async-graphql answers `__schema { description }` with a paragraph of
+    // its own; authql answers null, through aliases and fragments too.
+    let asked = [
+        ("{ __schema { description } }", "/__schema/description"),
+        ("{ s: __schema { d: description } }", "/s/d"),
+        (
+            "{ ... on Query { __schema { ...D } } } fragment D on __Schema { description }",
+            "/__schema/description",
+        ),
+        (
+            "{ ...R } fragment R on Query { x: __schema { description } }",
+            "/x/description",
+        ),
+    ];
+    for (document, path) in asked {
+        let body = app.graphql(document, json!({}), None).await;
+        assert!(body["errors"].is_null(), "{document}: {body}");
+        let data = &body["data"];
+        let description = data
+            .pointer(path)
+            .unwrap_or_else(|| panic!("{document}: {body}"));
+        assert!(description.is_null(), "{document}: {body}");
+    }
+    // Beside it, the rest of the schema answers as ever.
+    let body = app
+        .graphql(
+            "{ __schema { queryType { name } description } }",
+            json!({}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        body["data"]["__schema"]["queryType"]["name"], "Query",
+        "{body}"
+    );
+}
+
+#[tokio::test]
 async fn descriptions_are_plain_words() {
     let app = spawn_app().await;
 
