@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use poem::http::{header, HeaderName};
 use poem::Request;
 use secrecy::SecretString;
 
@@ -10,6 +11,9 @@ use crate::auth::{ClientInfo, Credential};
 
 const AUTHORIZATION_SCHEMES: [&str; 2] = ["Bearer", "Token"];
 const MAX_USER_AGENT_BYTES: usize = 512;
+/// Header names as constants: a name given as text is parsed on every
+/// lookup.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The client IP: from the socket, or, behind a trusted proxy, from the
 /// last `X-Forwarded-For` entry (the one that proxy appended; the entries
@@ -18,7 +22,7 @@ pub fn client_ip(req: &Request, trust_forwarded_for: bool) -> Option<IpAddr> {
     if trust_forwarded_for {
         let forwarded = req
             .headers()
-            .get_all("x-forwarded-for")
+            .get_all(X_FORWARDED_FOR)
             .iter()
             .next_back()
             .and_then(|value| value.to_str().ok())
@@ -45,7 +49,7 @@ fn parse_ip(entry: &str) -> Option<IpAddr> {
 pub fn client_info(req: &Request, trust_forwarded_for: bool) -> ClientInfo {
     let user_agent = req
         .headers()
-        .get("user-agent")
+        .get(header::USER_AGENT)
         .map(|value| String::from_utf8_lossy(value.as_bytes()))
         .map(|ua| truncate(&ua, MAX_USER_AGENT_BYTES).to_owned())
         .filter(|ua| !ua.is_empty());
@@ -58,7 +62,7 @@ pub fn client_info(req: &Request, trust_forwarded_for: bool) -> ClientInfo {
 /// `Authorization: Bearer <token>`, or Django REST Framework's
 /// `Authorization: Token <token>`.
 pub fn credential(req: &Request) -> Credential {
-    let Some(value) = req.headers().get("authorization") else {
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
         return Credential::Missing;
     };
     let Ok(value) = value.to_str() else {

@@ -30,8 +30,10 @@ pub struct CrossOrigin;
 /// # Errors
 /// `CrossOrigin` for a cookie sent from anywhere else.
 pub fn request_credential(req: &Request, state: &AppState) -> Result<Credential, CrossOrigin> {
-    if req.headers().contains_key(header::AUTHORIZATION) {
-        return Ok(credential(req));
+    // An `Authorization` header, when sent, decides alone.
+    let sent = credential(req);
+    if !matches!(sent, Credential::Missing) {
+        return Ok(sent);
     }
     let Some(settings) = &state.cookie else {
         return Ok(Credential::Missing);
