@@ -46,16 +46,16 @@ impl HashPool {
         Ok(Self { jobs })
     }
 
-    /// Runs `work` on a hashing thread, in the caller's span: `None` when
-    /// it panicked.
+    /// Runs `work` on a hashing thread, its log lines with the caller's
+    /// request id: `None` when it panicked.
     pub async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Option<T> {
         let (answer, answered) = tokio::sync::oneshot::channel();
-        let span = tracing::Span::current();
+        let request_id = crate::telemetry::current_request_id();
         let job: Job = Box::new(move || {
-            let _ = answer.send(span.in_scope(work));
+            let _ = answer.send(crate::telemetry::with_request_id(request_id, work));
         });
         // The threads live as long as `self`, so the send cannot fail.
         self.jobs.send(job).ok()?;

@@ -10,6 +10,7 @@ pub mod server;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
@@ -18,7 +19,6 @@ use poem::error::{MethodNotAllowedError, NotFoundError};
 use poem::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use poem::middleware::Cors;
 use poem::{Endpoint, EndpointExt as _, IntoResponse, Request, Response};
-use tracing::Instrument as _;
 
 use crate::state::AppState;
 
@@ -158,10 +158,7 @@ fn or_internal_error(
 /// refused, or none sent), so every answer says so, and a shared cache never
 /// serves one origin's answer to another. poem's `Cors` says it only for
 /// some of them, and replaces any `Vary` the endpoint set; this appends.
-async fn vary_by_origin<E: Endpoint>(
-    next: std::sync::Arc<E>,
-    req: Request,
-) -> poem::Result<Response> {
+async fn vary_by_origin<E: Endpoint>(next: Arc<E>, req: Request) -> poem::Result<Response> {
     let mut response = match next.call(req).await {
         Ok(response) => response.into_response(),
         Err(err) => err.into_response(),
@@ -195,18 +192,11 @@ impl<E: Endpoint> Endpoint for WithRequestId<E> {
             .get(&REQUEST_ID_HEADER)
             .and_then(|value| value.to_str().ok())
             .filter(|id| is_well_formed_id(id))
-            .map_or_else(new_request_id, str::to_owned);
+            .map_or_else(new_request_id, Arc::from);
         let route = Path::of(req.uri().path()).label();
-        // The id alone: the layer formats a span's fields when it is made,
-        // on every request, and the route and method are in "request
-        // finished".
-        let span = tracing::info_span!("request", request_id = id.as_str());
         let method = req.method().clone();
         let started = Instant::now();
-        // "request finished" is written inside the instrumented future,
-        // while the span is entered for the poll anyway: entering it again
-        // afterwards, and the clone of the span that needs, cost about 900
-        // instructions per request (bench/RESULTS.md).
+        let header = HeaderValue::from_str(&id).ok();
         let answer = async {
             let response = match self.0.call(req).await {
                 Ok(response) => response.into_response(),
@@ -223,8 +213,10 @@ impl<E: Endpoint> Endpoint for WithRequestId<E> {
             );
             response
         };
-        let mut response = answer.instrument(span).await;
-        if let Ok(value) = HeaderValue::from_str(&id) {
+        // The id, on every line logged while the request is served; the
+        // route and method are in "request finished".
+        let mut response = crate::telemetry::in_request(id, answer).await;
+        if let Some(value) = header {
             response.headers_mut().insert(REQUEST_ID_HEADER, value);
         }
         Ok(response)
@@ -238,14 +230,14 @@ fn is_well_formed_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-fn new_request_id() -> String {
+fn new_request_id() -> Arc<str> {
     use rand::Rng as _;
     let mut bytes = [0u8; 12];
     rand::rng().fill_bytes(&mut bytes);
     // Into a buffer: `hex::encode` collects its digits one `char` at a time.
     let mut text = [0u8; 24];
     hex::encode_to_slice(bytes, &mut text).expect("24 digits for 12 bytes");
-    String::from_utf8_lossy(&text).into_owned()
+    Arc::from(std::str::from_utf8(&text).expect("hex digits are ASCII"))
 }
 
 async fn readyz(state: &AppState) -> Response {
