@@ -16,11 +16,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
@@ -58,7 +57,7 @@ where
         ),
         LogFormat::Json => Box::new(
             builder
-                .fmt_fields(JsonSpanFields)
+                .fmt_fields(NoSpanFields)
                 .event_format(WithRequestId::json(
                     line.json()
                         .with_ansi(false)
@@ -77,11 +76,20 @@ thread_local! {
 }
 
 /// `future`, with `id` as the request id of every line logged while it is
-/// polled, on whichever thread polls it.
+/// polled, on whichever thread polls it, and while it is dropped.
 pub fn in_request<F: Future>(id: Arc<str>, future: F) -> InRequest<F> {
     InRequest {
         id: Some(id),
-        inner: future,
+        inner: Some(future),
+    }
+}
+
+/// `future`, with the current request's id (if any) on the lines it logs:
+/// for a task spawned by a request, which outlives the request's own polls.
+pub fn in_current_request<F: Future>(future: F) -> InRequest<F> {
+    InRequest {
+        id: current_request_id(),
+        inner: Some(future),
     }
 }
 
@@ -89,8 +97,20 @@ pin_project_lite::pin_project! {
     /// See [`in_request`].
     pub struct InRequest<F> {
         id: Option<Arc<str>>,
+        // `None` only while it is dropped.
         #[pin]
-        inner: F,
+        inner: Option<F>,
+    }
+
+    impl<F> PinnedDrop for InRequest<F> {
+        // A request abandoned before it finished (its client went away) is
+        // dropped with its id too, for the lines its destructors log.
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            let _scope = Scope::enter(this.id);
+            let mut inner = this.inner;
+            inner.set(None);
+        }
     }
 }
 
@@ -100,7 +120,11 @@ impl<F: Future> Future for InRequest<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         let _scope = Scope::enter(this.id);
-        this.inner.poll(cx)
+        match this.inner.as_pin_mut() {
+            Some(inner) => inner.poll(cx),
+            // Only `drop` takes it, and nothing polls a dropped future.
+            None => Poll::Pending,
+        }
     }
 }
 
@@ -194,96 +218,23 @@ where
         let Some(members) = line.strip_suffix('}') else {
             return writeln!(writer, "{line}");
         };
-        let mut span = JsonObject::default();
-        span.text.push_str("\"request_id\":");
-        push_json_string(&mut span.text, &id);
-        span.text.push_str(",\"name\":\"request\"}");
+        let mut span = String::with_capacity(48 + id.len());
+        span.push_str("{\"request_id\":");
+        push_json_string(&mut span, &id);
+        span.push_str(",\"name\":\"request\"}");
         let comma = if members.ends_with('{') { "" } else { "," };
-        writeln!(writer, "{members}{comma}\"span\":{}}}", span.text)
+        writeln!(writer, "{members}{comma}\"span\":{span}}}")
     }
 }
 
-/// A span's fields as a JSON object, written as they are visited.
-///
-/// The JSON formatter formats a span's fields when the span is made (the
-/// lines do not show them, but the libraries' spans are still made), and
-/// tracing-subscriber's own `JsonFields` builds a map of
-/// `serde_json::Value`s to do it, which was a tenth of the instructions of
-/// a cached `/auth/verify` when each request had a span
-/// (bench/RESULTS.md). Events are formatted by the JSON formatter itself.
-struct JsonSpanFields;
+/// Span fields, formatted for no line: JSON lines show no span but the
+/// request's (see [`WithRequestId`]), so the libraries' spans are not
+/// formatted at all when they are made.
+struct NoSpanFields;
 
-impl<'writer> FormatFields<'writer> for JsonSpanFields {
-    fn format_fields<R: RecordFields>(
-        &self,
-        mut writer: Writer<'writer>,
-        fields: R,
-    ) -> fmt::Result {
-        let mut object = JsonObject::default();
-        fields.record(&mut object);
-        object.finish(&mut writer)
-    }
-
-    /// Fields recorded after the span was made join its object.
-    fn add_fields(
-        &self,
-        current: &'writer mut FormattedFields<Self>,
-        fields: &tracing::span::Record<'_>,
-    ) -> fmt::Result {
-        let mut object = JsonObject::default();
-        if let Some(members) = current
-            .fields
-            .strip_prefix('{')
-            .and_then(|rest| rest.strip_suffix('}'))
-        {
-            object.text.push_str(members);
-        }
-        fields.record(&mut object);
-        current.fields.clear();
-        object.finish(&mut current.as_writer())
-    }
-}
-
-/// A JSON object, as text, written member by member.
-struct JsonObject {
-    /// `{` and the members so far, comma-separated.
-    text: String,
-}
-
-impl Default for JsonObject {
-    fn default() -> Self {
-        // Room for a request id's span without growing.
-        let mut text = String::with_capacity(64);
-        text.push('{');
-        Self { text }
-    }
-}
-
-impl JsonObject {
-    fn member(&mut self, field: &Field, value: impl serde::Serialize) {
-        self.name(field);
-        // Numbers and booleans always serialise (a non-finite float as null).
-        let value = serde_json::to_string(&value).unwrap_or_else(|_| "null".to_owned());
-        self.text.push_str(&value);
-    }
-
-    fn string_member(&mut self, field: &Field, value: &str) {
-        self.name(field);
-        push_json_string(&mut self.text, value);
-    }
-
-    fn name(&mut self, field: &Field) {
-        if self.text.len() > 1 {
-            self.text.push(',');
-        }
-        let name = field.name();
-        push_json_string(&mut self.text, name.strip_prefix("r#").unwrap_or(name));
-        self.text.push(':');
-    }
-
-    fn finish(mut self, writer: &mut Writer<'_>) -> fmt::Result {
-        self.text.push('}');
-        writer.write_str(&self.text)
+impl<'writer> FormatFields<'writer> for NoSpanFields {
+    fn format_fields<R: RecordFields>(&self, _: Writer<'writer>, _: R) -> fmt::Result {
+        Ok(())
     }
 }
 
@@ -297,32 +248,6 @@ fn push_json_string(out: &mut String, text: &str) {
         out.push('"');
     } else if let Ok(quoted) = serde_json::to_string(text) {
         out.push_str(&quoted);
-    }
-}
-
-impl Visit for JsonObject {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.string_member(field, value);
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.member(field, value);
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.member(field, value);
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.member(field, value);
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.member(field, value);
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.string_member(field, &format!("{value:?}"));
     }
 }
 
@@ -346,39 +271,6 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
-    }
-
-    #[test]
-    fn span_fields_are_a_json_object_even_with_quotes_and_later_fields() {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .fmt_fields(JsonSpanFields)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, || {
-            let span = tracing::info_span!(
-                "request",
-                request_id = "3f2a-77_b.c:1",
-                quoted = "a\"b\\c\nd",
-                attempt = 3_u64,
-                later = tracing::field::Empty
-            );
-            span.record("later", true);
-            span.in_scope(|| tracing::info!(shown = ?Some(1), "inside"));
-        });
-        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
-        assert_eq!(line["message"], "inside");
-        assert_eq!(line["span"]["request_id"], "3f2a-77_b.c:1");
-        assert_eq!(line["span"]["quoted"], "a\"b\\c\nd");
-        assert_eq!(line["span"]["attempt"], 3);
-        assert_eq!(line["span"]["later"], true);
-        assert_eq!(line["span"]["name"], "request");
     }
 
     fn captured_lines(format: LogFormat, log: impl FnOnce()) -> Vec<String> {
@@ -457,5 +349,66 @@ mod tests {
             "{lines:?}"
         );
         assert!(lines[4].ends_with("outside again n=5"), "{lines:?}");
+    }
+
+    /// Pending at its first poll, ready at the next.
+    #[derive(Default)]
+    struct YieldOnce(bool);
+
+    impl Future for YieldOnce {
+        type Output = ();
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if self.0 {
+                return Poll::Ready(());
+            }
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+
+    /// Logs when dropped.
+    struct LogsOnDrop;
+
+    impl Drop for LogsOnDrop {
+        fn drop(&mut self) {
+            tracing::info!(n = 9, "dropped");
+        }
+    }
+
+    #[test]
+    fn the_id_stays_with_its_request_between_polls_and_while_it_is_dropped() {
+        let lines = captured_lines(LogFormat::Json, || {
+            let waker = futures_util::task::noop_waker();
+            let mut cx = Context::from_waker(&waker);
+            let mut request = Box::pin(in_request(Arc::from("r-1"), async {
+                YieldOnce::default().await;
+                tracing::info!(n = 1, "after a pending poll");
+            }));
+            assert!(request.as_mut().poll(&mut cx).is_pending());
+            assert_eq!(current_request_id(), None, "not between polls");
+            tracing::info!(n = 2, "between the polls");
+            assert!(request.as_mut().poll(&mut cx).is_ready());
+
+            let mut abandoned = Box::pin(in_request(Arc::from("r-2"), async {
+                let _guard = LogsOnDrop;
+                YieldOnce::default().await;
+            }));
+            assert!(abandoned.as_mut().poll(&mut cx).is_pending());
+            drop(abandoned);
+
+            let spawned = with_request_id(Some(Arc::from("r-3")), || in_current_request(async {}));
+            assert_eq!(spawned.id.as_deref(), Some("r-3"));
+        });
+        let lines: Vec<serde_json::Value> = lines
+            .iter()
+            .map(|line| serde_json::from_str(line).expect("a JSON object a line"))
+            .collect();
+        let seen: Vec<_> = lines
+            .iter()
+            .map(|l| (l["n"].as_u64().unwrap(), l["span"]["request_id"].as_str()))
+            .collect();
+        assert_eq!(seen, [(2, None), (1, Some("r-1")), (9, Some("r-2"))]);
     }
 }

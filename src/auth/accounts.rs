@@ -106,11 +106,13 @@ impl AuthService {
         let this = Arc::clone(self);
         let email = email.trim().to_owned();
         let client = client.clone();
-        tokio::spawn(async move {
+        // After the answer, so its time tells nothing; its lines still
+        // carry the request's id.
+        tokio::spawn(crate::telemetry::in_current_request(async move {
             if let Err(err) = this.send_reset_link(&email, &client).await {
                 tracing::error!(error = format!("{err:?}"), "password reset mail not sent");
             }
-        });
+        }));
         Ok(true)
     }
 
