@@ -284,6 +284,13 @@ mod tests {
         text.lines().map(str::to_owned).collect()
     }
 
+    fn json_lines(log: impl FnOnce()) -> Vec<serde_json::Value> {
+        captured_lines(LogFormat::Json, log)
+            .iter()
+            .map(|line| serde_json::from_str(line).expect("a JSON object a line"))
+            .collect()
+    }
+
     /// Logs a line outside any request, one in request "r-1" (and, from
     /// there, one as a hashing thread does it for request "r-2"), then one
     /// after a panic inside request "r-3".
@@ -307,11 +314,7 @@ mod tests {
 
     #[test]
     fn json_lines_carry_the_request_id_of_the_request_they_were_logged_in() {
-        let lines = captured_lines(LogFormat::Json, log_around_requests);
-        let lines: Vec<serde_json::Value> = lines
-            .iter()
-            .map(|line| serde_json::from_str(line).expect("a JSON object a line"))
-            .collect();
+        let lines = json_lines(log_around_requests);
         let ids: Vec<_> = lines
             .iter()
             .map(|l| l["span"]["request_id"].clone())
@@ -379,7 +382,7 @@ mod tests {
 
     #[test]
     fn the_id_stays_with_its_request_between_polls_and_while_it_is_dropped() {
-        let lines = captured_lines(LogFormat::Json, || {
+        let lines = json_lines(|| {
             let waker = futures_util::task::noop_waker();
             let mut cx = Context::from_waker(&waker);
             let mut request = Box::pin(in_request(Arc::from("r-1"), async {
@@ -401,10 +404,6 @@ mod tests {
             let spawned = with_request_id(Some(Arc::from("r-3")), || in_current_request(async {}));
             assert_eq!(spawned.id.as_deref(), Some("r-3"));
         });
-        let lines: Vec<serde_json::Value> = lines
-            .iter()
-            .map(|line| serde_json::from_str(line).expect("a JSON object a line"))
-            .collect();
         let seen: Vec<_> = lines
             .iter()
             .map(|l| (l["n"].as_u64().unwrap(), l["span"]["request_id"].as_str()))
