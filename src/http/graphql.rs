@@ -12,7 +12,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::BodyExt as _;
 use poem::http::{header, StatusCode};
 use poem::{Body, Request, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::client_ip::client_info;
 use super::cookie::{request_credential, set_cookie, CrossOrigin};
@@ -124,12 +124,12 @@ async fn post_as(media: MediaType, req: &Request, body: Body, state: &AppState) 
         .iter_mut()
         .for_each(|outcome| label_errors(&mut outcome.response));
     let body = if single {
-        outcomes.pop().map(|o| serde_json::to_vec(&body_of(&o)))
+        outcomes.pop().map(|o| body_of(&o)).unwrap_or_default()
     } else {
-        let responses: Vec<_> = outcomes.iter().map(body_of).collect();
-        Some(serde_json::to_vec(&responses))
+        let responses: Vec<_> = outcomes.iter().map(AnswerJson).collect();
+        serde_json::to_vec(&responses).unwrap_or_default()
     };
-    let response = json_bytes(status, body.and_then(Result::ok).unwrap_or_default());
+    let response = json_bytes(status, body);
     with_cookie(response, &context, state)
 }
 
@@ -264,10 +264,7 @@ async fn get_as(
         Err(refused) => {
             let outcome = Outcome::refused(refused);
             let status = status_of(media, std::slice::from_ref(&outcome));
-            return json_bytes(
-                status,
-                serde_json::to_vec(&body_of(&outcome)).unwrap_or_default(),
-            );
+            return json_bytes(status, body_of(&outcome));
         }
     };
     if checked.selects_mutation(params.operation_name.as_deref()) {
@@ -313,23 +310,37 @@ async fn get_as(
     };
     let status = status_of(media, std::slice::from_ref(&outcome));
     label_errors(&mut outcome.response);
-    json_bytes(
-        status,
-        serde_json::to_vec(&body_of(&outcome)).unwrap_or_default(),
-    )
+    json_bytes(status, body_of(&outcome))
 }
 
 /// The JSON of an answer. A request that did not run has no `data` entry
 /// at all (the GraphQL spec's request errors), not `data: null`, which
 /// would say that execution started and failed.
-fn body_of(outcome: &Outcome) -> serde_json::Value {
-    let mut body = serde_json::to_value(&outcome.response).unwrap_or_default();
-    if outcome.reached != Reached::Execution {
+///
+/// An answer that ran is written as it is, without a `serde_json::Value`
+/// in between: that tree cost allocations per field, and its map sorts
+/// keys, where the spec wants the fields in the order they were selected.
+struct AnswerJson<'a>(&'a Outcome);
+
+impl Serialize for AnswerJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let outcome = self.0;
+        if outcome.reached == Reached::Execution {
+            return outcome.response.serialize(serializer);
+        }
+        // Refused before it ran: errors only (and extensions, if any).
+        let mut body =
+            serde_json::to_value(&outcome.response).map_err(serde::ser::Error::custom)?;
         if let Some(object) = body.as_object_mut() {
             object.remove("data");
         }
+        body.serialize(serializer)
     }
-    body
+}
+
+/// [`AnswerJson`] as bytes.
+fn body_of(outcome: &Outcome) -> Vec<u8> {
+    serde_json::to_vec(&AnswerJson(outcome)).unwrap_or_default()
 }
 
 /// The request's context, unless its cookie came from another origin.

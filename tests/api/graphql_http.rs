@@ -352,3 +352,57 @@ fn with_flags(settings: &mut authql::config::Settings, flags: &[&str]) {
     settings.introspection = parsed.introspection;
     settings.graphiql = parsed.graphiql;
 }
+
+/// The raw text of the answer to `body`, sent with `token`.
+async fn answer_text(app: &TestApp, body: Value, token: &str) -> String {
+    app.client
+        .post(app.url("/graphql"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("request sent")
+        .text()
+        .await
+        .expect("a body")
+}
+
+#[tokio::test]
+async fn fields_are_answered_in_the_order_they_were_selected() {
+    let app = spawn_app().await;
+    let user = app.create_user().await;
+    let token = app.login(&user).await;
+    // In the text itself: a JSON parser's map may reorder keys.
+    let in_order = |text: &str, keys: &[&str]| {
+        let at: Vec<_> = keys
+            .iter()
+            .map(|key| {
+                text.find(&format!("\"{key}\":"))
+                    .unwrap_or_else(|| panic!("{key} in {text}"))
+            })
+            .collect();
+        at.windows(2).all(|pair| pair[0] < pair[1])
+    };
+    for (query, keys) in [
+        ("{ me { username id } }", ["username", "id"]),
+        ("{ me { id username } }", ["id", "username"]),
+        ("{ zed: me { id } abe: me { id } }", ["zed", "abe"]),
+    ] {
+        let single = answer_text(&app, json!({ "query": query }), &token).await;
+        assert!(in_order(&single, &keys), "{query}: {single}");
+        let batch = answer_text(&app, json!([{ "query": query }]), &token).await;
+        assert!(batch.starts_with('['), "{batch}");
+        assert!(in_order(&batch, &keys), "{query} in a batch: {batch}");
+    }
+    // A refused request still has no `data` entry, in a batch too.
+    let refused = answer_text(
+        &app,
+        json!([{ "query": "{ nope }" }, { "query": "{ me { id } }" }]),
+        &token,
+    )
+    .await;
+    let answers: Value = serde_json::from_str(&refused).expect("JSON");
+    assert!(answers[0].get("data").is_none(), "{refused}");
+    assert!(answers[0]["errors"].is_array(), "{refused}");
+    assert!(answers[1]["data"]["me"]["id"].is_string(), "{refused}");
+}
