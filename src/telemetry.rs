@@ -142,8 +142,7 @@ pub fn current_request_id() -> Option<Arc<str>> {
 
 /// Runs `work` with `id` as the request id of the lines it logs (a job on
 /// a hashing thread, for the request that sent it).
-pub fn with_request_id<T>(id: Option<Arc<str>>, work: impl FnOnce() -> T) -> T {
-    let mut id = id;
+pub fn with_request_id<T>(mut id: Option<Arc<str>>, work: impl FnOnce() -> T) -> T {
     let _scope = Scope::enter(&mut id);
     work()
 }

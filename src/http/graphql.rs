@@ -356,14 +356,11 @@ fn request_context(req: &Request, state: &AppState) -> Result<Arc<RequestContext
 /// 403 for a cookie sent from another origin; refused before it ran, so
 /// no `data` entry.
 fn cross_origin() -> Response {
-    let mut body = serde_json::to_value(forbidden_cross_origin()).unwrap_or_default();
-    if let Some(object) = body.as_object_mut() {
-        object.remove("data");
-    }
-    json_bytes(
-        StatusCode::FORBIDDEN,
-        serde_json::to_vec(&body).unwrap_or_default(),
-    )
+    let refused = Outcome {
+        response: forbidden_cross_origin(),
+        reached: Reached::Refusal,
+    };
+    json_bytes(StatusCode::FORBIDDEN, body_of(&refused))
 }
 
 /// The `Set-Cookie` of what the request's mutations did to the session,
