@@ -9,13 +9,16 @@
 //! Reading the counter before the database closes the race in which a
 //! request reads a row just before it is deleted and caches it just after.
 
+mod marks;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use mini_moka::sync::{Cache, ConcurrentCacheExt as _};
 
+use self::marks::RevocationMarks;
 use super::tokens::TokenDigest;
 use super::{Principal, User};
 
@@ -48,16 +51,13 @@ struct Inner {
     /// user with many sessions is held once (`None` with the cache off).
     users: Option<Cache<i64, Arc<User>>>,
     /// user id → the counter's value at the user's latest revocation.
-    revoked: Cache<i64, u64>,
+    revoked: RevocationMarks,
     counter: AtomicU64,
     /// Entries read before this counter value are stale (set by `clear`).
     floor: AtomicU64,
     /// While set, the cache is bypassed: on PostgreSQL, when this instance
     /// is not listening for other instances' revocations.
     bypassed: AtomicBool,
-    /// Serialises writers of `revoked` (revocations are rare; reads never
-    /// take it).
-    revoking: Mutex<()>,
     ttl: chrono::Duration,
     ttl_std: Duration,
 }
@@ -90,7 +90,7 @@ impl TokenCache {
         // most `ttl` after it was inserted, which is after the mark's
         // counter value was read. Twice `ttl` covers that with room to
         // spare; the map holds one integer per recently revoked user.
-        let revoked = Cache::builder().time_to_live(ttl * 2).build();
+        let revoked = RevocationMarks::new(ttl * 2);
         Self {
             inner: Arc::new(Inner {
                 entries,
@@ -99,7 +99,6 @@ impl TokenCache {
                 counter: AtomicU64::new(1),
                 floor: AtomicU64::new(0),
                 bypassed: AtomicBool::new(false),
-                revoking: Mutex::new(()),
                 ttl_std: ttl,
                 ttl: chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX),
             }),
@@ -130,8 +129,7 @@ impl TokenCache {
         let revoked_at = self
             .inner
             .revoked
-            .get(&entry.principal.user.id)
-            .unwrap_or(0)
+            .get(entry.principal.user.id)
             .max(self.inner.floor.load(Ordering::SeqCst));
         if entry.generation < revoked_at || now >= entry.fresh_until {
             entries.invalidate(digest);
@@ -197,16 +195,10 @@ impl TokenCache {
     /// Vetoes every entry of `user_id` read before now. Call after the
     /// database change has committed.
     pub fn revoke_user(&self, user_id: i64) {
-        // Two revocations of one user may race: keep the larger mark, or an
-        // entry read between them would survive the later one.
-        let _guard = self
-            .inner
-            .revoking
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Two revocations of one user may race: `raise` keeps the larger
+        // mark, or an entry read between them would survive the later one.
         let mark = self.inner.counter.fetch_add(1, Ordering::SeqCst) + 1;
-        let kept = self.inner.revoked.get(&user_id).unwrap_or(0);
-        self.inner.revoked.insert(user_id, mark.max(kept));
+        self.inner.revoked.raise(user_id, mark);
     }
 
     /// Forgets everything, including entries being loaded right now, e.g.
