@@ -86,10 +86,11 @@ impl TokenCache {
                 .time_to_live(ttl)
                 .build()
         });
-        // A mark must outlive every entry it can veto: an entry lives at
-        // most `ttl` after it was inserted, which is after the mark's
-        // counter value was read. Twice `ttl` covers that with room to
-        // spare; the map holds one integer per recently revoked user.
+        // A mark must outlive every entry it can veto. Such an entry was
+        // read before the mark was set, is inserted only within `ttl` of
+        // that read, and is trusted for at most `ttl` after: it is gone
+        // within twice `ttl` of the mark. The marks hold a value for each
+        // user revoked within about that time.
         let revoked = RevocationMarks::new(ttl * 2);
         Self {
             inner: Arc::new(Inner {
@@ -335,6 +336,13 @@ mod tests {
         assert!(!hit(cache.get(&a1, now)));
         assert!(!hit(cache.get(&a2, now)));
         assert!(hit(cache.get(&b, now)));
+    }
+
+    #[test]
+    fn a_revocation_mark_outlives_every_entry_it_vetoes() {
+        let ttl = Duration::from_secs(60);
+        let cache = TokenCache::new(10, ttl);
+        assert_eq!(cache.inner.revoked.life(), ttl * 2);
     }
 
     #[test]

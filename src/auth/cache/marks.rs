@@ -1,32 +1,42 @@
 //! The revocation marks: user id → the counter's value at that user's latest
-//! revocation, each kept for a fixed life.
+//! revocation, each kept for a fixed life after that revocation.
 //!
 //! Every cache hit reads one mark, and marks change only when a revocation
 //! commits, so reads take a shared lock on a plain map: a fraction of what a
 //! second mini-moka lookup (with its read-side bookkeeping) cost each hit.
-//! Marks are forgotten in the order they were set, once their life is over,
-//! by the writer that sets the next one. What is held is a mark per user and
-//! an item per revocation within the last `life` (ten minutes at the
-//! default `cache-ttl`); every revocation follows a login, a signed-in
-//! request or another instance's notice, so neither grows faster than
-//! those.
+//!
+//! Marks are forgotten by the writers: each revocation looks at a few of
+//! the oldest users in line and forgets those whose latest mark has
+//! outlived its life. A user is in line once, however often revoked, so
+//! what is held is bounded by the users revoked within about two lives, and
+//! a revocation never does more than a few steps of this under the lock.
+//! A mark may be forgotten late, never early.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{PoisonError, RwLock};
 use std::time::{Duration, Instant};
+
+/// How many users in line one revocation looks at: more than the one it may
+/// add, so the line never outgrows the marks it has to forget.
+const FORGET_PER_RAISE: usize = 4;
 
 pub struct RevocationMarks {
     life: Duration,
     inner: RwLock<Marks>,
 }
 
+struct Mark {
+    value: u64,
+    set_at: Instant,
+}
+
 #[derive(Default)]
 struct Marks {
-    by_user: HashMap<i64, u64>,
-    /// Every mark set and not yet forgotten, oldest first: when it was set,
-    /// for whom, and its value (a later mark of the same user replaces the
-    /// map's value, so an old one is forgotten only if it is still there).
-    set_order: VecDeque<(Instant, i64, u64)>,
+    by_user: HashMap<i64, Mark>,
+    /// Each user of `by_user` once, with the time of a mark of theirs: when
+    /// that time's life is over, the user's latest mark is forgotten if it
+    /// is as old, else the user goes to the back of the line with it.
+    line: VecDeque<(Instant, i64)>,
 }
 
 impl RevocationMarks {
@@ -41,38 +51,56 @@ impl RevocationMarks {
     /// The user's latest mark, or 0 when none is kept.
     pub fn get(&self, user_id: i64) -> u64 {
         let marks = self.inner.read().unwrap_or_else(PoisonError::into_inner);
-        marks.by_user.get(&user_id).copied().unwrap_or(0)
+        marks.by_user.get(&user_id).map_or(0, |mark| mark.value)
     }
 
-    /// Sets the user's mark to `mark`, or keeps the one held if it is
-    /// larger (two revocations of one user may race), and forgets the marks
-    /// whose life is over.
-    pub fn raise(&self, user_id: i64, mark: u64) {
-        self.raise_at(user_id, mark, Instant::now());
+    /// Sets the user's mark to `value`, or keeps the one held if it is
+    /// larger (two revocations of one user may race), and forgets a few
+    /// marks whose life is over.
+    pub fn raise(&self, user_id: i64, value: u64) {
+        self.raise_at(user_id, value, Instant::now());
     }
 
-    fn raise_at(&self, user_id: i64, mark: u64, now: Instant) {
+    fn raise_at(&self, user_id: i64, value: u64, now: Instant) {
         let mut marks = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         let marks = &mut *marks;
-        while let Some(&(set_at, user, value)) = marks.set_order.front() {
+        for _ in 0..FORGET_PER_RAISE {
+            let Some(&(set_at, user)) = marks.line.front() else {
+                break;
+            };
             if now.saturating_duration_since(set_at) < self.life {
                 break;
             }
-            marks.set_order.pop_front();
-            if marks.by_user.get(&user) == Some(&value) {
+            marks.line.pop_front();
+            let Some(latest) = marks.by_user.get(&user).map(|mark| mark.set_at) else {
+                continue;
+            };
+            if now.saturating_duration_since(latest) >= self.life {
                 marks.by_user.remove(&user);
+            } else {
+                marks.line.push_back((latest, user));
             }
         }
-        if mark > marks.by_user.get(&user_id).copied().unwrap_or(0) {
-            marks.by_user.insert(user_id, mark);
-            marks.set_order.push_back((now, user_id, mark));
+        match marks.by_user.get_mut(&user_id) {
+            Some(held) if held.value >= value => {}
+            Some(held) => *held = Mark { value, set_at: now },
+            None => {
+                marks.by_user.insert(user_id, Mark { value, set_at: now });
+                marks.line.push_back((now, user_id));
+            }
         }
     }
 
     #[cfg(test)]
+    pub(super) fn life(&self) -> Duration {
+        self.life
+    }
+
+    /// How many users hold a mark, and how many are in line.
+    #[cfg(test)]
     fn held(&self) -> (usize, usize) {
         let marks = self.inner.read().unwrap_or_else(PoisonError::into_inner);
-        (marks.by_user.len(), marks.set_order.len())
+        (marks.by_user.len(), marks.line.len())
     }
 }
 
@@ -98,6 +126,7 @@ mod tests {
         assert_eq!(marks.get(1), 7);
         marks.raise(1, 9);
         assert_eq!(marks.get(1), 9);
+        assert_eq!(marks.held(), (1, 1));
     }
 
     #[test]
@@ -124,7 +153,59 @@ mod tests {
         assert_eq!(marks.get(1), 4);
         marks.raise_at(2, 6, start + LIFE + Duration::from_secs(300));
         assert_eq!(marks.get(1), 0);
-        // User 2's first raise waits in line until its life is over.
-        assert_eq!(marks.held(), (1, 2), "only user 2's mark is held");
+        assert_eq!(marks.get(2), 6);
+        assert_eq!(marks.held(), (1, 1));
+    }
+
+    #[test]
+    fn a_user_revoked_over_and_over_is_held_once() {
+        let marks = RevocationMarks::new(LIFE);
+        let start = Instant::now();
+        for second in 0..10_000 {
+            marks.raise_at(1, second + 1, start + Duration::from_secs(second));
+        }
+        assert_eq!(marks.get(1), 10_000);
+        assert_eq!(marks.held(), (1, 1));
+    }
+
+    #[test]
+    fn users_past_their_life_are_forgotten_a_few_per_later_revocation() {
+        let marks = RevocationMarks::new(LIFE);
+        let start = Instant::now();
+        for user in 0..1_000 {
+            marks.raise_at(user, 1, start);
+        }
+        let later = start + LIFE;
+        for step in 0..200 {
+            marks.raise_at(1_000 + step, 2, later + Duration::from_millis(step as u64));
+        }
+        // Each of the 200 forgot FORGET_PER_RAISE old users and added one.
+        let forgotten = 200 * FORGET_PER_RAISE;
+        assert_eq!(
+            marks.held(),
+            (1_000 - forgotten + 200, 1_000 - forgotten + 200)
+        );
+        assert_eq!(
+            (0..1_000).filter(|user| marks.get(*user) == 0).count(),
+            forgotten
+        );
+        assert!((1_000..1_200).all(|user| marks.get(user) == 2));
+    }
+
+    #[test]
+    fn a_mark_set_out_of_order_in_time_is_forgotten_late_not_early() {
+        let marks = RevocationMarks::new(LIFE);
+        let start = Instant::now();
+        // Two writers took their times before the lock, and the later time
+        // got the lock first.
+        marks.raise_at(1, 2, start + Duration::from_secs(10));
+        marks.raise_at(2, 1, start);
+        marks.raise_at(3, 3, start + LIFE);
+        assert_eq!(marks.get(1), 2, "within its life");
+        assert_eq!(marks.get(2), 1, "behind a mark in its life: kept, late");
+        marks.raise_at(4, 4, start + LIFE + Duration::from_secs(10));
+        assert_eq!(marks.get(1), 0);
+        assert_eq!(marks.get(2), 0);
+        assert_eq!(marks.get(3), 3);
     }
 }
