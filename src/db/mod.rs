@@ -17,10 +17,12 @@ use crate::config::SettingError;
 /// an unreachable database gives an error rather than a hung request.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// SQLite's page cache per pooled connection, in KiB (SQLite's default is
-/// 2000). Each connection keeps its own, so ten of them held about 20 MiB
-/// once 100,000 sessions had been read (bench/RESULTS.md); pages it no
-/// longer holds are read again from the operating system's cache.
-const SQLITE_CACHE_KIB: u32 = 512;
+/// 2000). Each connection keeps its own: at 512 KiB ten of them held 11
+/// MiB once 100,000 sessions had been read, at 128 KiB 5 MiB, with the
+/// same throughput on the uncached path (bench/RESULTS.md). A lookup by
+/// digest reads a path of B-tree pages whose leaves are rarely reused;
+/// pages not held are read again from the operating system's cache.
+const SQLITE_CACHE_KIB: u32 = 128;
 
 const DATABASE_URL_FLAG: &str = "--database-url";
 const URL_FORMS: &str = "use sqlite://FILE?mode=rwc (a file, created when missing) or \
