@@ -11,8 +11,8 @@ use authql::telemetry;
 
 /// Measured against the system allocator in bench/RESULTS.md: it keeps a
 /// cached `me`'s latency lower while bcrypt threads allocate alongside.
-/// Built without transparent huge pages (`no_thp` in Cargo.toml), which
-/// cost resident memory and bought no throughput.
+/// Built not to ask for transparent huge pages (`no_thp` in Cargo.toml),
+/// which cost resident memory and bought no throughput.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -89,9 +89,8 @@ impl TokenCache {
         // A mark must outlive every entry it can veto. Such an entry was
         // read before the mark was set, is inserted only within `ttl` of
         // that read, and is trusted for at most `ttl` after: it is gone
-        // within twice `ttl` of the mark. The marks hold a value for each
-        // user revoked within about that time.
-        let revoked = RevocationMarks::new(ttl * 2);
+        // within twice `ttl` of the mark.
+        let revoked = RevocationMarks::new(ttl.saturating_mul(2));
         Self {
             inner: Arc::new(Inner {
                 entries,
@@ -339,7 +338,7 @@ mod tests {
     }
 
     #[test]
-    fn a_revocation_mark_outlives_every_entry_it_vetoes() {
+    fn revocation_marks_live_twice_cache_ttl() {
         let ttl = Duration::from_secs(60);
         let cache = TokenCache::new(10, ttl);
         assert_eq!(cache.inner.revoked.life(), ttl * 2);

@@ -17,9 +17,10 @@ use crate::config::SettingError;
 /// an unreachable database gives an error rather than a hung request.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// SQLite's page cache per pooled connection, in KiB (SQLite's default is
-/// 2000). Each connection keeps its own: at 512 KiB ten of them held 11
-/// MiB once 100,000 sessions had been read, at 128 KiB 5 MiB, with the
-/// same throughput on the uncached path (bench/RESULTS.md). A lookup by
+/// 2000). Each connection keeps its own: once 100,000 sessions had been
+/// read, SQLite's part of the heap for ten connections was 11 MiB at 512
+/// KiB and 5 MiB at 128 KiB, with the same throughput on the uncached
+/// path (bench/RESULTS.md). A lookup by
 /// digest reads a path of B-tree pages whose leaves are rarely reused;
 /// pages not held are read again from the operating system's cache.
 const SQLITE_CACHE_KIB: u32 = 128;

@@ -8,16 +8,18 @@
 //! Marks are forgotten by the writers: each revocation looks at a few of
 //! the oldest users in line and forgets those whose latest mark has
 //! outlived its life. A user is in line once, however often revoked, so
-//! what is held is bounded by the users revoked within about two lives, and
-//! a revocation never does more than a few steps of this under the lock.
-//! A mark may be forgotten late, never early.
+//! what is held grows with the users revoked, not with the revocations;
+//! the marks a burst leaves behind are forgotten by the revocations after
+//! it, a few at a time, and no revocation does more than a few steps of
+//! this under the lock. A mark may be forgotten late, never early.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-/// How many users in line one revocation looks at: more than the one it may
-/// add, so the line never outgrows the marks it has to forget.
+/// How many users in line one revocation looks at. It adds at most one,
+/// so once old marks are past their life the line shrinks by up to three
+/// a revocation.
 const FORGET_PER_RAISE: usize = 4;
 
 pub struct RevocationMarks {
@@ -58,6 +60,8 @@ impl RevocationMarks {
     /// larger (two revocations of one user may race), and forgets a few
     /// marks whose life is over.
     pub fn raise(&self, user_id: i64, value: u64) {
+        // The time is taken before the lock, so two racing writers may line
+        // up out of time order: a mark is then forgotten late, not early.
         self.raise_at(user_id, value, Instant::now());
     }
 
