@@ -33,7 +33,7 @@ fn mini_moka_alone(digests: &[TokenDigest]) -> f64 {
     let before = counting::live_bytes();
     let cache = mini_moka::sync::Cache::builder()
         .max_capacity(SESSIONS as u64)
-        .time_to_live(TTL)
+        .time_to_idle(TTL)
         .build();
     for digest in digests {
         cache.insert(*digest, ());

@@ -72,24 +72,32 @@ pub struct ReadTicket {
 
 impl TokenCache {
     pub fn new(capacity: u64, ttl: Duration) -> Self {
+        // An entry is trusted until its `fresh_until`, which every hit
+        // checks; mini-moka only has to free what nobody reads any more.
+        // Its time-to-idle does that with the queue it keeps anyway (a
+        // time-to-live would keep a second one, 32 bytes an entry). Idle
+        // time counts from a read no earlier than the insert, so no entry
+        // is freed while trusted; a read after its trust ends removes it,
+        // so every entry is freed within about twice `ttl` of its insert.
         let entries = (capacity > 0).then(|| {
             Cache::builder()
                 .max_capacity(capacity)
-                .time_to_live(ttl)
+                .time_to_idle(ttl)
                 .build()
         });
-        // As many users as there can be sessions, for as long as an entry
-        // lives: a record outlives none of the entries that share it.
+        // The records users' sessions share, as many as there can be
+        // sessions, freed the same way. A record is never trusted on its
+        // own: an entry holds the one it was read with, as fresh as itself.
         let users = (capacity > 0).then(|| {
             Cache::builder()
                 .max_capacity(capacity)
-                .time_to_live(ttl)
+                .time_to_idle(ttl)
                 .build()
         });
-        // A mark must outlive every entry it can veto. Such an entry was
-        // read before the mark was set, is inserted only within `ttl` of
-        // that read, and is trusted for at most `ttl` after: it is gone
-        // within twice `ttl` of the mark.
+        // A mark must outlive the trust of every entry it can veto. Such an
+        // entry was read before the mark was set, is inserted only within
+        // `ttl` of that read, and is trusted for at most `ttl` after: no
+        // longer twice `ttl` after the mark.
         let revoked = RevocationMarks::new(ttl.saturating_mul(2));
         Self {
             inner: Arc::new(Inner {
@@ -273,6 +281,12 @@ mod tests {
         }
     }
 
+    /// Caches a session of user 1 that expires in an hour, read just now.
+    fn insert_live(cache: &TokenCache, digest: TokenDigest, now: DateTime<Utc>) {
+        let principal = principal(1, now + chrono::Duration::hours(1));
+        cache.insert(digest, principal, cache.generation(), now);
+    }
+
     fn hit(lookup: Lookup) -> bool {
         matches!(lookup, Lookup::Hit(_))
     }
@@ -282,12 +296,7 @@ mod tests {
         let cache = TokenCache::new(10, Duration::from_secs(60));
         let digest = Token::generate().digest();
         let now = Utc::now();
-        cache.insert(
-            digest,
-            principal(1, now + chrono::Duration::hours(1)),
-            cache.generation(),
-            now,
-        );
+        insert_live(&cache, digest, now);
         assert!(hit(cache.get(&digest, now)));
     }
 
@@ -296,12 +305,7 @@ mod tests {
         let cache = TokenCache::new(10, Duration::from_secs(60));
         let now = Utc::now();
         let long_lived = Token::generate().digest();
-        cache.insert(
-            long_lived,
-            principal(1, now + chrono::Duration::hours(1)),
-            cache.generation(),
-            now,
-        );
+        insert_live(&cache, long_lived, now);
         assert!(!hit(
             cache.get(&long_lived, now + chrono::Duration::seconds(61))
         ));
@@ -381,20 +385,10 @@ mod tests {
         let cache = TokenCache::new(10, Duration::from_secs(60));
         let now = Utc::now();
         let digest = Token::generate().digest();
-        cache.insert(
-            digest,
-            principal(1, now + chrono::Duration::hours(1)),
-            cache.generation(),
-            now,
-        );
+        insert_live(&cache, digest, now);
         cache.set_bypassed(true);
         assert!(!hit(cache.get(&digest, now)));
-        cache.insert(
-            digest,
-            principal(1, now + chrono::Duration::hours(1)),
-            cache.generation(),
-            now,
-        );
+        insert_live(&cache, digest, now);
         cache.set_bypassed(false);
         assert!(!hit(cache.get(&digest, now)));
     }
@@ -420,13 +414,20 @@ mod tests {
         let cache = TokenCache::new(10, Duration::from_secs(60));
         std::thread::sleep(Duration::from_millis(600));
         let now = Utc::now();
-        cache.insert(
-            Token::generate().digest(),
-            principal(1, now + chrono::Duration::hours(1)),
-            cache.generation(),
-            now,
-        );
+        insert_live(&cache, Token::generate().digest(), now);
         assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn an_entry_nobody_reads_is_freed_after_cache_ttl() {
+        let ttl = Duration::from_millis(200);
+        let cache = TokenCache::new(10, ttl);
+        let now = Utc::now();
+        insert_live(&cache, Token::generate().digest(), now);
+        assert_eq!(cache.len(), 1);
+        std::thread::sleep(ttl + ttl / 2);
+        // Gone, not merely untrusted.
+        assert_eq!(cache.len(), 0);
     }
 
     #[test]
@@ -434,12 +435,7 @@ mod tests {
         let cache = TokenCache::new(0, Duration::from_secs(60));
         let now = Utc::now();
         let digest = Token::generate().digest();
-        cache.insert(
-            digest,
-            principal(1, now + chrono::Duration::hours(1)),
-            cache.generation(),
-            now,
-        );
+        insert_live(&cache, digest, now);
         assert!(!cache.is_enabled());
         assert!(!hit(cache.get(&digest, now)));
     }
