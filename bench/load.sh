@@ -74,7 +74,7 @@ PY="python3 $BENCH_DIR/bench.py"
 cd "$ROOT"
 if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
     say "building (release)"
-    cargo build --release --quiet --bin authql --package authql --package authql-bench-floor
+    cargo build --release --quiet --package authql --bin authql --package authql-bench-floor --bin authql-bench-floor
 fi
 AUTHQL=${BENCH_AUTHQL:-"$ROOT/target/release/authql"}
 FLOOR="$ROOT/target/release/authql-bench-floor"
