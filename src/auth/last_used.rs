@@ -26,18 +26,11 @@ use crate::db::entities::auth_token;
 /// How often the notes are written.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
-/// How long a note is remembered here: three flushes, so that it spans the
-/// one that writes it and a principal loaded from a row read just before
-/// that write does not note the session again. After that the database
-/// knows of the use, and every session used within the last interval
-/// would otherwise stay in memory (at 100,000 sessions, 3 MiB).
-const NOTES_KEPT_FOR: chrono::Duration = chrono::Duration::seconds(3);
-
 pub struct LastUsed {
     interval: chrono::Duration,
     /// Sessions used since the last write, with when.
     pending: Mutex<HashMap<i64, DateTime<Utc>>>,
-    /// When this instance last noted each session, for [`NOTES_KEPT_FOR`].
+    /// When this instance last noted each session.
     noted: Mutex<HashMap<i64, DateTime<Utc>>>,
 }
 
@@ -109,8 +102,7 @@ impl LastUsed {
         }
     }
 
-    /// The latest use this instance noted recently (which the database
-    /// may not have yet), if later than `known`.
+    /// The latest use this instance knows of beyond `known`.
     pub fn latest(&self, session: i64, known: DateTime<Utc>) -> DateTime<Utc> {
         self.noted
             .lock()
@@ -119,32 +111,27 @@ impl LastUsed {
             .map_or(known, |at| at.max(known))
     }
 
-    /// How far behind the database may be on a session in use, on another
-    /// instance or on this one: a use is written only once per interval,
-    /// and a second or so after it.
+    /// How far behind the database may be on a session another instance
+    /// is using: a use is written only once per interval, and a second or
+    /// so after it.
     pub fn lag(&self) -> chrono::Duration {
         self.interval + chrono::Duration::from_std(FLUSH_EVERY * 2).unwrap_or_default()
     }
 
-    /// The notes to write now; forgets those older than [`NOTES_KEPT_FOR`].
-    fn take_pending(&self, now: DateTime<Utc>) -> HashMap<i64, DateTime<Utc>> {
-        if let Ok(mut noted) = self.noted.lock() {
-            noted.retain(|_, at| now - *at < NOTES_KEPT_FOR);
-        }
-        self.pending
-            .lock()
-            .map(|mut pending| std::mem::take(&mut *pending))
-            .unwrap_or_default()
-    }
-
     /// Writes the pending notes in one transaction (a row only moves
-    /// forward); forgets notes older than [`NOTES_KEPT_FOR`].
+    /// forward); forgets notes older than the interval.
     ///
     /// # Errors
     /// A database error; the notes are then dropped (the next use notes
     /// the session again).
     pub async fn flush(&self, db: &DatabaseConnection, now: DateTime<Utc>) -> Result<usize, DbErr> {
-        let pending = self.take_pending(now);
+        let pending = match self.pending.lock() {
+            Ok(mut pending) => std::mem::take(&mut *pending),
+            Err(_) => return Ok(0),
+        };
+        if let Ok(mut noted) = self.noted.lock() {
+            noted.retain(|_, at| now - *at < self.interval);
+        }
         if pending.is_empty() {
             return Ok(0);
         }
@@ -216,24 +203,5 @@ mod tests {
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[&1], now);
         assert_eq!(noter.latest(1, loaded), now);
-    }
-
-    #[test]
-    fn a_note_spans_the_flush_that_writes_it_and_is_then_forgotten() {
-        let noter = LastUsed::new(Duration::from_secs(60));
-        let loaded = Utc::now() - chrono::Duration::hours(1);
-        let now = Utc::now();
-        noter.used(1, &LastUse::new(loaded), now);
-        assert_eq!(noter.take_pending(now).len(), 1);
-        // A principal loaded from the row as it was before that write.
-        noter.used(1, &LastUse::new(loaded), now + chrono::Duration::seconds(1));
-        assert!(noter
-            .take_pending(now + chrono::Duration::seconds(1))
-            .is_empty());
-        assert_eq!(noter.latest(1, loaded), now);
-        // Three flushes on, the database has it: nothing is held.
-        assert!(noter.take_pending(now + NOTES_KEPT_FOR).is_empty());
-        assert_eq!(noter.latest(1, loaded), loaded);
-        assert!(noter.noted.lock().unwrap().is_empty());
     }
 }
