@@ -29,6 +29,11 @@ struct Entry {
     generation: u64,
     /// Trusted until then: the earlier of the token's expiry and `cache-ttl`.
     fresh_until: DateTime<Utc>,
+    /// And in any case only until `cache-ttl` after the read began, in whole
+    /// seconds (rounded up) of the monotonic clock since the cache was made:
+    /// a wall clock stepped back must not stretch the trust past the life
+    /// of the revocation marks.
+    trusted_until_secs: u32,
 }
 
 /// What a cache lookup found.
@@ -60,6 +65,8 @@ struct Inner {
     bypassed: AtomicBool,
     ttl: chrono::Duration,
     ttl_std: Duration,
+    /// Where `Entry::trusted_until_secs` counts from.
+    epoch: Instant,
 }
 
 /// Where a database read for the cache started: the counter's value and
@@ -78,7 +85,8 @@ impl TokenCache {
         // time-to-live would keep a second one, 32 bytes an entry). Idle
         // time counts from a read no earlier than the insert, so no entry
         // is freed while trusted; a read after its trust ends removes it,
-        // so every entry is freed within about twice `ttl` of its insert.
+        // so every entry is freed within about twice `ttl` of its insert
+        // (in mini-moka's housekeeping, which runs on cache activity).
         let entries = (capacity > 0).then(|| {
             Cache::builder()
                 .max_capacity(capacity)
@@ -86,8 +94,9 @@ impl TokenCache {
                 .build()
         });
         // The records users' sessions share, as many as there can be
-        // sessions, freed the same way. A record is never trusted on its
-        // own: an entry holds the one it was read with, as fresh as itself.
+        // sessions, freed once unread for `ttl`. A record is never trusted
+        // on its own: an entry holds the one it was read with, as fresh as
+        // itself, and a newer read replaces a record that differs.
         let users = (capacity > 0).then(|| {
             Cache::builder()
                 .max_capacity(capacity)
@@ -95,9 +104,10 @@ impl TokenCache {
                 .build()
         });
         // A mark must outlive the trust of every entry it can veto. Such an
-        // entry was read before the mark was set, is inserted only within
-        // `ttl` of that read, and is trusted for at most `ttl` after: no
-        // longer twice `ttl` after the mark.
+        // entry's read began before the mark was set, and its trust ends
+        // at most `ttl` after that, on the monotonic clock (rounded up to
+        // a second, and `cache-ttl` is whole seconds): a mark kept twice
+        // `ttl` outlives it.
         let revoked = RevocationMarks::new(ttl.saturating_mul(2));
         Self {
             inner: Arc::new(Inner {
@@ -109,6 +119,7 @@ impl TokenCache {
                 bypassed: AtomicBool::new(false),
                 ttl_std: ttl,
                 ttl: chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX),
+                epoch: Instant::now(),
             }),
         }
     }
@@ -139,7 +150,10 @@ impl TokenCache {
             .revoked
             .get(entry.principal.user.id)
             .max(self.inner.floor.load(Ordering::SeqCst));
-        if entry.generation < revoked_at || now >= entry.fresh_until {
+        if entry.generation < revoked_at
+            || now >= entry.fresh_until
+            || self.inner.epoch.elapsed().as_secs() >= u64::from(entry.trusted_until_secs)
+        {
             entries.invalidate(digest);
             // An expired token must still be reported as expired, which the
             // caller learns from the database row.
@@ -164,12 +178,20 @@ impl TokenCache {
         if let Some(entries) = self.active() {
             let principal = principal.into();
             let fresh_until = principal.expires_at.min(now + self.inner.ttl);
+            let deadline = ticket
+                .started
+                .saturating_duration_since(self.inner.epoch)
+                .saturating_add(self.inner.ttl_std);
+            let deadline_secs = deadline
+                .as_secs()
+                .saturating_add(u64::from(deadline.subsec_nanos() > 0));
             entries.insert(
                 digest,
                 Entry {
                     principal,
                     generation,
                     fresh_until,
+                    trusted_until_secs: u32::try_from(deadline_secs).unwrap_or(u32::MAX),
                 },
             );
         }
@@ -416,6 +438,29 @@ mod tests {
         let now = Utc::now();
         insert_live(&cache, Token::generate().digest(), now);
         assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn a_wall_clock_stepped_back_does_not_stretch_the_trust() {
+        let ttl = Duration::from_secs(1);
+        let cache = TokenCache::new(10, ttl);
+        // The wall clock stands still (as if stepped back) while the entry
+        // is read often enough for mini-moka to keep it.
+        let now = Utc::now();
+        let digest = Token::generate().digest();
+        insert_live(&cache, digest, now);
+        let started = Instant::now();
+        assert!(hit(cache.get(&digest, now)));
+        let mut trusted_for = Duration::ZERO;
+        while started.elapsed() < Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(50));
+            if !hit(cache.get(&digest, now)) {
+                break;
+            }
+            trusted_for = started.elapsed();
+        }
+        // `ttl` rounded up to the next whole second of the cache's clock.
+        assert!(trusted_for < Duration::from_secs(2), "{trusted_for:?}");
     }
 
     #[test]
