@@ -156,7 +156,7 @@ async fn an_old_session_stays_signed_in_and_an_expired_one_is_swept() {
             "current": true,
         }])
     );
-    // The expired token (id 1) is gone, by the sweeper at start or by ours.
+    // The expired token (id 1) is gone, by our sweep.
     assert_eq!(
         texts(
             app.auth.db(),
