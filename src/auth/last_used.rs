@@ -28,10 +28,12 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 pub struct LastUsed {
     interval: chrono::Duration,
-    /// Sessions used since the last write, with when.
-    pending: Mutex<HashMap<i64, DateTime<Utc>>>,
-    /// When this instance last noted each session.
-    noted: Mutex<HashMap<i64, DateTime<Utc>>>,
+    /// Sessions used since the last write, with when (microseconds since
+    /// the epoch, the precision stored: 16 bytes a note, where a
+    /// `DateTime` made it 24).
+    pending: Mutex<HashMap<i64, i64>>,
+    /// When this instance last noted each session, likewise.
+    noted: Mutex<HashMap<i64, i64>>,
 }
 
 /// A session's last use as this instance knows it: the database's value
@@ -89,9 +91,10 @@ impl LastUsed {
         let Ok(mut noted) = self.noted.lock() else {
             return;
         };
+        let now = now.timestamp_micros();
         if noted
             .get(&session)
-            .is_some_and(|at| now - *at < self.interval)
+            .is_some_and(|&at| now.saturating_sub(at) < self.interval_micros())
         {
             return;
         }
@@ -102,12 +105,17 @@ impl LastUsed {
         }
     }
 
+    fn interval_micros(&self) -> i64 {
+        self.interval.num_microseconds().unwrap_or(i64::MAX)
+    }
+
     /// The latest use this instance knows of beyond `known`.
     pub fn latest(&self, session: i64, known: DateTime<Utc>) -> DateTime<Utc> {
         self.noted
             .lock()
             .ok()
             .and_then(|noted| noted.get(&session).copied())
+            .and_then(DateTime::from_timestamp_micros)
             .map_or(known, |at| at.max(known))
     }
 
@@ -122,35 +130,56 @@ impl LastUsed {
     /// forward); forgets notes older than the interval.
     ///
     /// # Errors
-    /// A database error; the notes are then dropped (the next use notes
-    /// the session again).
+    /// A database error; the notes are then put back, to be written by the
+    /// next flush (a session's use is noted only once per interval, so a
+    /// dropped note would not come again for that long).
     pub async fn flush(&self, db: &DatabaseConnection, now: DateTime<Utc>) -> Result<usize, DbErr> {
         let pending = match self.pending.lock() {
             Ok(mut pending) => std::mem::take(&mut *pending),
             Err(_) => return Ok(0),
         };
         if let Ok(mut noted) = self.noted.lock() {
-            noted.retain(|_, at| now - *at < self.interval);
+            let now = now.timestamp_micros();
+            let interval = self.interval_micros();
+            noted.retain(|_, &mut at| now.saturating_sub(at) < interval);
         }
         if pending.is_empty() {
             return Ok(0);
         }
-        let txn = db.begin().await?;
-        for (session, at) in &pending {
-            auth_token::Entity::update_many()
-                .col_expr(auth_token::Column::LastUsedAt, Expr::value(*at))
-                .filter(auth_token::Column::Id.eq(*session))
-                .filter(
-                    Condition::any()
-                        .add(auth_token::Column::LastUsedAt.is_null())
-                        .add(auth_token::Column::LastUsedAt.lt(*at)),
-                )
-                .exec(&txn)
-                .await?;
+        match write(db, &pending).await {
+            Ok(()) => Ok(pending.len()),
+            Err(err) => {
+                if let Ok(mut held) = self.pending.lock() {
+                    // A use noted since keeps its later time.
+                    for (session, at) in pending {
+                        let kept = held.entry(session).or_insert(at);
+                        *kept = (*kept).max(at);
+                    }
+                }
+                Err(err)
+            }
         }
-        txn.commit().await?;
-        Ok(pending.len())
     }
+}
+
+/// Moves each noted session's `lastUsedAt` forward to its note, in one
+/// transaction.
+async fn write(db: &DatabaseConnection, notes: &HashMap<i64, i64>) -> Result<(), DbErr> {
+    let txn = db.begin().await?;
+    for (&session, &at) in notes {
+        let at = DateTime::from_timestamp_micros(at).unwrap_or_default();
+        auth_token::Entity::update_many()
+            .col_expr(auth_token::Column::LastUsedAt, Expr::value(at))
+            .filter(auth_token::Column::Id.eq(session))
+            .filter(
+                Condition::any()
+                    .add(auth_token::Column::LastUsedAt.is_null())
+                    .add(auth_token::Column::LastUsedAt.lt(at)),
+            )
+            .exec(&txn)
+            .await?;
+    }
+    txn.commit().await
 }
 
 /// Writes the notes every [`FLUSH_EVERY`] until the task is aborted.
@@ -195,13 +224,14 @@ mod tests {
     fn a_use_is_noted_once_per_interval_even_across_reloaded_principals() {
         let noter = LastUsed::new(Duration::from_secs(60));
         let loaded = Utc::now() - chrono::Duration::hours(1);
-        let now = Utc::now();
+        // To the microsecond, as the server's clock gives it.
+        let now = crate::clock::Clock::default().now();
         noter.used(1, &LastUse::new(loaded), now);
         // The cache off: every request loads a principal of its own.
         noter.used(1, &LastUse::new(loaded), now + chrono::Duration::seconds(1));
         let pending = noter.pending.lock().unwrap().clone();
         assert_eq!(pending.len(), 1);
-        assert_eq!(pending[&1], now);
+        assert_eq!(pending[&1], now.timestamp_micros());
         assert_eq!(noter.latest(1, loaded), now);
     }
 }

@@ -155,3 +155,36 @@ async fn a_session_in_use_on_another_instance_is_not_refused_for_idleness() {
     // 800 s since A last saw it: A's view is stale, the database is not.
     assert!(a.me(&token).await["data"]["me"].is_object());
 }
+
+#[tokio::test]
+async fn a_note_whose_write_failed_is_written_by_the_next_flush() {
+    use authql::auth::last_used::{LastUse, LastUsed};
+
+    let app = spawn_app_with(|s| s.last_used_interval = Duration::from_secs(60)).await;
+    let user = app.create_user().await;
+    let token = app.login(&user).await;
+    let signed_in = last_used(&app, &token).await;
+    let body = app
+        .graphql("{ sessions { id current } }", json!({}), Some(&token))
+        .await;
+    let session: i64 = body["data"]["sessions"][0]["id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("{body}"));
+
+    // Notes of our own, apart from the server's, which its background task
+    // writes: a use ten minutes on, noted once for the interval.
+    let notes = LastUsed::new(Duration::from_secs(60));
+    let used = signed_in + chrono::Duration::minutes(10);
+    notes.used(session, &LastUse::new(signed_in), used);
+
+    // A database without the table: the write fails.
+    let broken = sea_orm::Database::connect("sqlite::memory:").await.unwrap();
+    assert!(notes.flush(&broken, used).await.is_err());
+    assert_eq!(last_used(&app, &token).await, signed_in);
+
+    // The note was kept: the next flush writes it.
+    assert_eq!(notes.flush(app.auth.db(), used).await.unwrap(), 1);
+    assert_eq!(last_used(&app, &token).await, used);
+    assert_eq!(notes.flush(app.auth.db(), used).await.unwrap(), 0);
+}
