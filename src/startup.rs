@@ -88,7 +88,8 @@ impl App {
 
     /// Serves until `shutdown` completes, then stops accepting, lets the
     /// requests in flight finish (for up to 30 s), stops the background
-    /// tasks and closes the database pool.
+    /// tasks, writes the `lastUsedAt` notes not yet written and closes the
+    /// database pool.
     ///
     /// # Errors
     /// When the server fails.
@@ -119,6 +120,12 @@ impl App {
             http::server::serve(self.listener, app, limits, shutdown, SHUTDOWN_GRACE).await;
         for task in background {
             task.abort();
+            // Until it is dropped: a flush cut short puts its notes back.
+            let _ = task.await;
+        }
+        // The uses noted since the last flush.
+        if let Err(err) = auth.last_used().flush(auth.db(), auth.clock().now()).await {
+            tracing::warn!(error = %err, "writing lastUsedAt failed");
         }
         if let Err(err) = auth.db().clone().close().await {
             tracing::warn!(error = %err, "closing the database pool failed");

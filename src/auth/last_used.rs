@@ -121,7 +121,8 @@ impl LastUsed {
 
     /// How far behind the database may be on a session another instance
     /// is using: a use is written only once per interval, and a second or
-    /// so after it.
+    /// so after it (while the database refuses writes, the notes wait, and
+    /// the lag grows by as long).
     pub fn lag(&self) -> chrono::Duration {
         self.interval + chrono::Duration::from_std(FLUSH_EVERY * 2).unwrap_or_default()
     }
@@ -129,12 +130,15 @@ impl LastUsed {
     /// Writes the pending notes in one transaction (a row only moves
     /// forward); forgets notes older than the interval.
     ///
+    /// A batch not written, because the write failed or the flush was
+    /// cancelled (at shutdown), goes back to the pending notes for the next
+    /// flush: a session's use is noted only once per interval, so a note
+    /// dropped would not come again for that long.
+    ///
     /// # Errors
-    /// A database error; the notes are then put back, to be written by the
-    /// next flush (a session's use is noted only once per interval, so a
-    /// dropped note would not come again for that long).
+    /// A database error.
     pub async fn flush(&self, db: &DatabaseConnection, now: DateTime<Utc>) -> Result<usize, DbErr> {
-        let pending = match self.pending.lock() {
+        let notes = match self.pending.lock() {
             Ok(mut pending) => std::mem::take(&mut *pending),
             Err(_) => return Ok(0),
         };
@@ -143,21 +147,42 @@ impl LastUsed {
             let interval = self.interval_micros();
             noted.retain(|_, &mut at| now.saturating_sub(at) < interval);
         }
-        if pending.is_empty() {
+        if notes.is_empty() {
             return Ok(0);
         }
-        match write(db, &pending).await {
-            Ok(()) => Ok(pending.len()),
-            Err(err) => {
-                if let Ok(mut held) = self.pending.lock() {
-                    // A use noted since keeps its later time.
-                    for (session, at) in pending {
-                        let kept = held.entry(session).or_insert(at);
-                        *kept = (*kept).max(at);
-                    }
-                }
-                Err(err)
+        let mut batch = Batch {
+            notes,
+            owner: self,
+            written: false,
+        };
+        write(db, &batch.notes).await?;
+        batch.written = true;
+        Ok(batch.notes.len())
+    }
+
+    /// Puts `notes` back among the pending ones; a use noted since keeps
+    /// its later time.
+    fn put_back(&self, notes: HashMap<i64, i64>) {
+        if let Ok(mut pending) = self.pending.lock() {
+            for (session, at) in notes {
+                let kept = pending.entry(session).or_insert(at);
+                *kept = (*kept).max(at);
             }
+        }
+    }
+}
+
+/// The notes one flush is writing: put back when dropped unwritten.
+struct Batch<'a> {
+    notes: HashMap<i64, i64>,
+    owner: &'a LastUsed,
+    written: bool,
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        if !self.written {
+            self.owner.put_back(std::mem::take(&mut self.notes));
         }
     }
 }

@@ -20,11 +20,11 @@ pub const BATCH: u64 = 500;
 
 /// Runs until the task is aborted, first one [`INTERVAL`] after start.
 ///
-/// Nothing at start-up needs a sweep (an expired, idle or forgotten row is
-/// refused or ignored whether or not it is gone), and the instances of a
-/// rolling deploy all start at once. A pass at start, scheduled whenever
-/// the runtime got to it, also raced the first requests: on a loaded
-/// machine it swept rows that tests had just made and meant to count.
+/// Nothing at start-up needs a sweep: an expired, idle or forgotten row is
+/// refused or ignored whether or not it is gone. A pass at start, run
+/// whenever the runtime got to it, raced the first requests instead: on a
+/// loaded machine it swept rows that tests had just made and meant to
+/// count.
 pub async fn run(auth: std::sync::Arc<AuthService>) {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + INTERVAL, INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -188,3 +188,33 @@ async fn a_note_whose_write_failed_is_written_by_the_next_flush() {
     assert_eq!(last_used(&app, &token).await, used);
     assert_eq!(notes.flush(app.auth.db(), used).await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn a_use_noted_just_before_shutdown_is_written_at_shutdown() {
+    use authql::db::entities::auth_token;
+    use sea_orm::EntityTrait as _;
+
+    let app = spawn_app_with(|s| s.last_used_interval = Duration::from_secs(60)).await;
+    let user = app.create_user().await;
+    let token = app.login(&user).await;
+    let signed_in = last_used(&app, &token).await;
+
+    // A use due to be noted, then a stop well within the second before the
+    // next background write.
+    app.clock.advance(Duration::from_secs(61));
+    let used = app.clock.now();
+    assert!(app.me(&token).await["data"]["me"].is_object());
+    let app = app.restart(|_| {}).await;
+
+    // Read straight from the database: a request would be a use of its own.
+    let row = auth_token::Entity::find()
+        .one(app.auth.db())
+        .await
+        .unwrap()
+        .unwrap();
+    let written = row.last_used_at.expect("lastUsedAt");
+    assert!(
+        written >= used,
+        "{written}, used at {used}, signed in {signed_in}"
+    );
+}
