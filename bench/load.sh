@@ -20,7 +20,9 @@
 #   login        the login mutation (throttling raised)      8 connections
 #   storm        me-cached (32) and login (8) at once; me's figures reported
 #   memory       VmRSS idle, and after BENCH_MEMORY_TOKENS (100,000)
-#                distinct tokens have been resolved through the cache
+#                distinct tokens have been resolved through the cache;
+#                then the same with --cache-capacity 0 and new tokens:
+#                what the load leaves resident without the cache
 #
 # The token of verify and the me scenarios, and the memory scenario's
 # tokens, were last used an hour ago (rows written the way the server
@@ -226,6 +228,53 @@ create_user() {
 load_average() { cut -d' ' -f1-3 /proc/loadavg; }
 
 # --- one run ----------------------------------------------------------------
+# Memory of one instance started with FLAGS over the run's database
+# (one_run's locals db, dbfile, dir, me_user and token): VmRSS idle, then
+# after MEMORY_TOKENS new distinct tokens, last used an hour ago, were
+# each resolved once (and each use noted and written). Its files in
+# RUN_DIR end in SUFFIX.
+#   measure_memory SUFFIX [FLAGS...]
+measure_memory() {
+    local suffix=$1
+    shift
+    local tokens="$dir/tokens$suffix.txt"
+    $PY tokens "$dbfile" "$me_user" "$MEMORY_TOKENS" "$tokens" 3600
+    start_server "memory$suffix" "$db" "$@"
+    local memory_pid=$SERVER_PID memory_url=$SERVER_URL
+    $PY me "$memory_url" "$token" "$me_user"
+    sleep 2
+    $PY rss "$memory_pid" >"$RUN_DIR/rss_idle$suffix"
+    local before
+    before=$($PY metric "$memory_url" authql_token_resolutions_total path=database)
+    # wrk runs until interrupted (at most 300 s): stop it with SIGINT, after
+    # which it reports as usual, once the server has resolved every token.
+    BENCH_TOKEN_FILE="$tokens" BENCH_THREADS=$THREADS BENCH_CONNECTIONS=32 \
+        wrk -t "$THREADS" -c 32 -d 300s --timeout 30s -s "$BENCH_DIR/tokens.lua" \
+        "$memory_url/graphql" >"$RUN_DIR/tokens$suffix.txt" 2>&1 &
+    local tokens_pid=$!
+    local after=$before
+    while kill -0 "$tokens_pid" 2>/dev/null &&
+        python3 -c "import sys; sys.exit(0 if $after - $before < $MEMORY_TOKENS else 1)"; do
+        sleep 0.5
+        after=$($PY metric "$memory_url" authql_token_resolutions_total path=database)
+    done
+    kill -INT "$tokens_pid" 2>/dev/null || true
+    wait "$tokens_pid" || fail "memory$suffix: wrk failed (see $RUN_DIR/tokens$suffix.txt)"
+    check_wrk "tokens$suffix"
+    after=$($PY metric "$memory_url" authql_token_resolutions_total path=database)
+    python3 -c "import sys; sys.exit(0 if $after - $before >= $MEMORY_TOKENS else 1)" ||
+        fail "memory$suffix: only $after - $before tokens were resolved from the database, not $MEMORY_TOKENS"
+    python3 -c "print(int($after - $before))" >"$RUN_DIR/tokens_resolved$suffix"
+    sleep 2
+    $PY rss "$memory_pid" >"$RUN_DIR/rss_tokens$suffix"
+    $PY metric "$memory_url" authql_token_cache_entries >"$RUN_DIR/cache_entries$suffix"
+    $PY me "$memory_url" "$token" "$me_user"
+    # Their uses were noted and written.
+    $PY last-used "$dbfile" "$(head -1 "$tokens")" 600
+    say "  memory$suffix idle $(($(cat "$RUN_DIR/rss_idle$suffix") / 1024)) MiB, after $(cat "$RUN_DIR/tokens_resolved$suffix") tokens $(($(cat "$RUN_DIR/rss_tokens$suffix") / 1024)) MiB (cache entries $(cat "$RUN_DIR/cache_entries$suffix"))"
+    stop_server "$memory_pid"
+}
+
 one_run() {
     local run=$1
     RUN_DIR="$OUT/run$run"
@@ -313,43 +362,13 @@ one_run() {
 
     # Memory: a fresh instance (default cache capacity, 100,000), idle,
     # then after MEMORY_TOKENS distinct tokens, last used an hour ago,
-    # resolved through its cache (and each use noted and written).
-    $PY tokens "$dbfile" "$me_user" "$MEMORY_TOKENS" "$dir/tokens.txt" 3600
+    # resolved through its cache (and each use noted and written). Then
+    # the same on an instance with the cache off and tokens of its own:
+    # what the load itself leaves resident (connections, threads, the
+    # notes), to tell from what the cache holds.
     # shellcheck disable=SC2086 # BENCH_MEMORY_FLAGS is a list of flags
-    start_server memory "$db" ${BENCH_MEMORY_FLAGS:-}
-    local memory_pid=$SERVER_PID memory_url=$SERVER_URL
-    $PY me "$memory_url" "$token" "$me_user"
-    sleep 2
-    $PY rss "$memory_pid" >"$RUN_DIR/rss_idle"
-    local before
-    before=$($PY metric "$memory_url" authql_token_resolutions_total path=database)
-    # wrk runs until interrupted (at most 300 s): stop it with SIGINT, after
-    # which it reports as usual, once the server has resolved every token.
-    BENCH_TOKEN_FILE="$dir/tokens.txt" BENCH_THREADS=$THREADS BENCH_CONNECTIONS=32 \
-        wrk -t "$THREADS" -c 32 -d 300s --timeout 30s -s "$BENCH_DIR/tokens.lua" \
-        "$memory_url/graphql" >"$RUN_DIR/tokens.txt" 2>&1 &
-    local tokens_pid=$!
-    local after=$before
-    while kill -0 "$tokens_pid" 2>/dev/null &&
-        python3 -c "import sys; sys.exit(0 if $after - $before < $MEMORY_TOKENS else 1)"; do
-        sleep 0.5
-        after=$($PY metric "$memory_url" authql_token_resolutions_total path=database)
-    done
-    kill -INT "$tokens_pid" 2>/dev/null || true
-    wait "$tokens_pid" || fail "memory: wrk failed (see $RUN_DIR/tokens.txt)"
-    check_wrk tokens
-    after=$($PY metric "$memory_url" authql_token_resolutions_total path=database)
-    python3 -c "import sys; sys.exit(0 if $after - $before >= $MEMORY_TOKENS else 1)" ||
-        fail "memory: only $after - $before tokens were resolved from the database, not $MEMORY_TOKENS"
-    python3 -c "print(int($after - $before))" >"$RUN_DIR/tokens_resolved"
-    sleep 2
-    $PY rss "$memory_pid" >"$RUN_DIR/rss_tokens"
-    $PY metric "$memory_url" authql_token_cache_entries >"$RUN_DIR/cache_entries"
-    $PY me "$memory_url" "$token" "$me_user"
-    # Their uses were noted and written.
-    $PY last-used "$dbfile" "$(head -1 "$dir/tokens.txt")" 600
-    say "  memory        idle $(($(cat "$RUN_DIR/rss_idle") / 1024)) MiB, after $(cat "$RUN_DIR/tokens_resolved") tokens $(($(cat "$RUN_DIR/rss_tokens") / 1024)) MiB (cache entries $(cat "$RUN_DIR/cache_entries"))"
-    stop_server "$memory_pid"
+    measure_memory "" ${BENCH_MEMORY_FLAGS:-}
+    measure_memory _uncached --cache-capacity 0
     say "  (load average after: $(load_average))"
     echo "after: $(load_average)" >>"$RUN_DIR/loadavg"
     rm -rf "$dir"
