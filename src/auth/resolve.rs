@@ -42,7 +42,7 @@ impl AuthService {
         let digest = token.digest();
         let now = self.clock.now();
         if let Lookup::Hit(principal) = self.cache.get(&digest, now) {
-            if now < principal.expires_at && !self.looks_idle(&principal, now) {
+            if now < principal.expires_at() && !self.looks_idle(&principal, now) {
                 self.last_used
                     .used(principal.session_id, &principal.last_used, now);
                 metrics::token_resolved("cache");
@@ -88,12 +88,12 @@ impl AuthService {
                 return Err(AuthError::Unauthenticated(Unauthenticated::TokenExpired));
             }
         }
-        let principal = Arc::new(Principal {
-            user: self.cache.share_user(User::from(&owner)),
-            session_id: session.id,
-            expires_at: session.expires_at,
-            last_used: LastUse::new(session.last_used_at.unwrap_or(session.created_at)),
-        });
+        let principal = Arc::new(Principal::new(
+            self.cache.share_user(User::from(&owner)),
+            session.id,
+            session.expires_at,
+            LastUse::new(session.last_used_at.unwrap_or(session.created_at)),
+        ));
         self.cache
             .insert(digest, Arc::clone(&principal), generation, now);
         self.last_used

@@ -116,6 +116,16 @@ impl TokenDigest {
     pub fn to_hex(self) -> String {
         hex::encode(self.0)
     }
+
+    /// The digest's first 128 bits: what the token cache is keyed by, 16
+    /// bytes an entry less than the whole digest. A token that is not the
+    /// cached one yet hits its entry needs a second preimage of 128 bits
+    /// of SHA-256 (about 2^128 tries; guessing the token is about 2^256).
+    pub fn cache_key(self) -> u128 {
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&self.0[..16]);
+        u128::from_le_bytes(first)
+    }
 }
 
 impl std::fmt::Debug for TokenDigest {
@@ -153,6 +163,14 @@ mod tests {
         assert!(Token::parse_with(challenge.expose(), CHALLENGE_PREFIX).is_ok());
         assert!(Token::parse(challenge.expose()).is_err());
         assert!(Token::parse_with(Token::generate().expose(), CHALLENGE_PREFIX).is_err());
+    }
+
+    #[test]
+    fn the_cache_key_is_the_first_half_of_the_stored_digest() {
+        let digest = Token::generate().digest();
+        let key = hex::encode(digest.cache_key().to_le_bytes());
+        assert_eq!(key, digest.to_hex()[..32]);
+        assert_ne!(digest.cache_key(), Token::generate().digest().cache_key());
     }
 
     #[test]

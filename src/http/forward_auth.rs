@@ -55,7 +55,7 @@ pub async fn hasura(req: &Request, state: &AppState) -> Response {
         Ok(principal) => principal,
         Err(refusal) => return refusal.into_response(),
     };
-    let remaining = (principal.expires_at - state.auth.clock().now())
+    let remaining = (principal.expires_at() - state.auth.clock().now())
         .to_std()
         .unwrap_or(Duration::ZERO);
     let max_age = remaining.min(state.cache_ttl).as_secs();
