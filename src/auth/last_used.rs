@@ -26,13 +26,23 @@ use crate::db::entities::auth_token;
 /// How often the notes are written.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
+/// How long a note is remembered after it was made (or the interval, when
+/// shorter). By then it is written, and a principal loaded from the
+/// database carries it; remembering it only covers a read that began
+/// before the write. A read slower than that notes its session once more,
+/// which writes a use that happened. Remembering it for the whole interval
+/// would hold a note for every session used in the last minute: 2 MiB for
+/// 100,000 of them.
+const REMEMBERED_FOR: Duration = Duration::from_secs(3);
+
 pub struct LastUsed {
     interval: chrono::Duration,
     /// Sessions used since the last write, with when (microseconds since
     /// the epoch, the precision stored: 16 bytes a note, where a
     /// `DateTime` made it 24).
     pending: Mutex<HashMap<i64, i64>>,
-    /// When this instance last noted each session, likewise.
+    /// When this instance last noted each session, likewise, for
+    /// [`REMEMBERED_FOR`] (and while the note waits to be written).
     noted: Mutex<HashMap<i64, i64>>,
 }
 
@@ -110,13 +120,16 @@ impl LastUsed {
     }
 
     /// The latest use this instance knows of beyond `known`.
+    /// A note already written is in the database, which the caller's
+    /// `known` may predate: see [`LastUsed::flush`].
     pub fn latest(&self, session: i64, known: DateTime<Utc>) -> DateTime<Utc> {
-        self.noted
-            .lock()
-            .ok()
-            .and_then(|noted| noted.get(&session).copied())
-            .and_then(DateTime::from_timestamp_micros)
-            .map_or(known, |at| at.max(known))
+        // Pending first: a note whose write failed stays there, and may be
+        // older than the noted ones remembered.
+        [&self.pending, &self.noted]
+            .into_iter()
+            .filter_map(|notes| notes.lock().ok()?.get(&session).copied())
+            .filter_map(DateTime::from_timestamp_micros)
+            .fold(known, std::cmp::max)
     }
 
     /// How far behind the database may be on a session another instance
@@ -128,7 +141,11 @@ impl LastUsed {
     }
 
     /// Writes the pending notes in one transaction (a row only moves
-    /// forward); forgets notes older than the interval.
+    /// forward); forgets the notes older than [`REMEMBERED_FOR`] or the
+    /// interval, except those about to be written. A note forgotten was
+    /// written, or waits in the pending notes again: a caller that finds no
+    /// note here and must not trust an older database read (the idle
+    /// timeout) reads the row again.
     ///
     /// A batch not written, because the write failed or the flush was
     /// cancelled (at shutdown), goes back to the pending notes for the next
@@ -142,11 +159,7 @@ impl LastUsed {
             Ok(mut pending) => std::mem::take(&mut *pending),
             Err(_) => return Ok(0),
         };
-        if let Ok(mut noted) = self.noted.lock() {
-            let now = now.timestamp_micros();
-            let interval = self.interval_micros();
-            noted.retain(|_, &mut at| now.saturating_sub(at) < interval);
-        }
+        self.forget_old_notes(&notes, now);
         if notes.is_empty() {
             return Ok(0);
         }
@@ -160,6 +173,24 @@ impl LastUsed {
         Ok(batch.notes.len())
     }
 
+    /// Forgets the notes older than [`REMEMBERED_FOR`] or the interval,
+    /// except those in `writing`.
+    fn forget_old_notes(&self, writing: &HashMap<i64, i64>, now: DateTime<Utc>) {
+        let Ok(mut noted) = self.noted.lock() else {
+            return;
+        };
+        let now = now.timestamp_micros();
+        let kept_for = self.interval_micros().min(micros(REMEMBERED_FOR));
+        noted.retain(|session, &mut at| {
+            now.saturating_sub(at) < kept_for || writing.contains_key(session)
+        });
+        // After a burst, give the table back too.
+        if noted.capacity() > 4 * noted.len().max(256) {
+            let keep = 2 * noted.len();
+            noted.shrink_to(keep);
+        }
+    }
+
     /// Puts `notes` back among the pending ones; a use noted since keeps
     /// its later time.
     fn put_back(&self, notes: HashMap<i64, i64>) {
@@ -170,6 +201,10 @@ impl LastUsed {
             }
         }
     }
+}
+
+fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
 }
 
 /// The notes one flush is writing: put back when dropped unwritten.
@@ -258,5 +293,55 @@ mod tests {
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[&1], now.timestamp_micros());
         assert_eq!(noter.latest(1, loaded), now);
+    }
+
+    fn seconds(n: i64) -> chrono::Duration {
+        chrono::Duration::seconds(n)
+    }
+
+    /// Notes 10,000 sessions at `now`, last used an hour before.
+    fn noter_with_notes(now: DateTime<Utc>) -> LastUsed {
+        let noter = LastUsed::new(Duration::from_secs(60));
+        for session in 0..10_000 {
+            noter.used(session, &LastUse::new(now - seconds(3600)), now);
+        }
+        noter
+    }
+
+    #[test]
+    fn a_written_note_is_forgotten_after_a_few_seconds_and_its_room_freed() {
+        let now = crate::clock::Clock::default().now();
+        let noter = noter_with_notes(now);
+        let written = std::mem::take(&mut *noter.pending.lock().unwrap());
+        let loaded = now - seconds(3600);
+        noter.forget_old_notes(&HashMap::new(), now + seconds(2));
+        assert_eq!(noter.latest(7, loaded), now);
+        // A principal loaded from a read older than the write is not
+        // noted again meanwhile.
+        noter.used(7, &LastUse::new(loaded), now + seconds(2));
+        assert!(noter.pending.lock().unwrap().is_empty());
+
+        noter.forget_old_notes(&HashMap::new(), now + seconds(3));
+        assert_eq!(noter.latest(7, loaded), loaded);
+        let noted = noter.noted.lock().unwrap();
+        assert!(noted.is_empty());
+        assert!(noted.capacity() < 1024, "{} kept", noted.capacity());
+        assert_eq!(written.len(), 10_000);
+    }
+
+    #[test]
+    fn a_note_being_written_or_waiting_again_is_not_forgotten() {
+        let now = crate::clock::Clock::default().now();
+        let noter = noter_with_notes(now);
+        let loaded = now - seconds(3600);
+        let mut writing = std::mem::take(&mut *noter.pending.lock().unwrap());
+        // Session 7's write failed and waits again; the rest are being
+        // written, slowly.
+        let failed = writing.remove(&7).unwrap();
+        noter.put_back(HashMap::from([(7, failed)]));
+        noter.forget_old_notes(&writing, now + seconds(30));
+        assert_eq!(noter.latest(8, loaded), now);
+        assert_eq!(noter.latest(7, loaded), now);
+        assert_eq!(noter.noted.lock().unwrap().len(), 9_999);
     }
 }

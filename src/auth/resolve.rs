@@ -79,11 +79,17 @@ impl AuthService {
         if let Some(idle) = self.idle_timeout {
             // The database's view, with the lag of another instance's
             // writes allowed for: refused only when idle on every instance.
+            let idle = idle + self.last_used.lag();
             let last = self.last_used.latest(
                 session.id,
                 session.last_used_at.unwrap_or(session.created_at),
             );
-            if now - last >= idle + self.last_used.lag() {
+            if now - last >= idle
+                && self
+                    .written_last_use(session.id)
+                    .await?
+                    .is_none_or(|written| now - written >= idle)
+            {
                 self.forget_expired(session.id, &digest).await?;
                 return Err(AuthError::Unauthenticated(Unauthenticated::TokenExpired));
             }
@@ -110,6 +116,21 @@ impl AuthService {
             let known = principal.last_used.get();
             now - known >= idle && now - self.last_used.latest(principal.session_id, known) >= idle
         })
+    }
+
+    /// The session's last use as the database has it now. A read that
+    /// began before this instance wrote a note may return the row from
+    /// before, after the note was forgotten here (see `LastUsed::flush`):
+    /// a session is removed as idle only on a read begun after that.
+    /// `None` when the session is gone.
+    async fn written_last_use(
+        &self,
+        session_id: i64,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, AuthError> {
+        let row = auth_token::Entity::find_by_id(session_id)
+            .one(&self.db)
+            .await?;
+        Ok(row.map(|row| row.last_used_at.unwrap_or(row.created_at)))
     }
 
     async fn forget_expired(&self, session_id: i64, digest: &TokenDigest) -> Result<(), AuthError> {
