@@ -64,7 +64,7 @@ fn fixture(runtime: &Runtime, cache_capacity: &str) -> Fixture {
     // metrics each resolution records cost what they cost in production.
     let _ = authql::metrics::handle();
     runtime.block_on(async {
-        let db = authql::db::connect(&url, settings.db_max_connections)
+        let db = authql::db::connect(&url, settings.db_max_connections())
             .await
             .expect("database");
         authql::db::migrate(&db).await.expect("migrations");

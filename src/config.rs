@@ -55,10 +55,11 @@ pub struct ServerArgs {
     #[arg(long, env = "AUTHQL_LISTEN", default_value = "127.0.0.1:8000", value_parser = parse_listen, value_name = "ADDRESS")]
     pub listen: SocketAddr,
 
-    /// Most database connections this instance opens.
-    #[arg(long, env = "AUTHQL_DB_MAX_CONNECTIONS", default_value_t = 10,
-          value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub db_max_connections: u32,
+    /// Most database connections this instance opens [default: 10 on
+    /// PostgreSQL; on SQLite twice the cores, at most 10]
+    #[arg(long, env = "AUTHQL_DB_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u32).range(1..=1000), value_name = "N")]
+    pub db_max_connections: Option<u32>,
 
     /// Token lifetime in seconds, from issue (absolute expiry).
     #[arg(long, env = "AUTHQL_TOKEN_TTL", default_value = "86400", value_parser = parse_seconds, value_name = "SECONDS")]
@@ -267,7 +268,8 @@ pub struct ServeArgs {
 #[derive(Clone)]
 pub struct Settings {
     pub database_url: String,
-    pub db_max_connections: u32,
+    /// `None`: see [`Settings::db_max_connections`].
+    pub db_max_connections: Option<u32>,
     pub listen: SocketAddr,
     pub token_ttl: Duration,
     pub cache_ttl: Duration,
@@ -419,6 +421,24 @@ impl Settings {
         Ok(())
     }
 
+    /// The pool's size. SQLite runs each query on the connection's own
+    /// thread, in this process: past twice the cores, a connection adds a
+    /// thread, a page cache and about half a MiB, and no throughput
+    /// (bench/RESULTS.md). A PostgreSQL query waits on the network, so
+    /// more connections overlap more of them.
+    pub fn db_max_connections(&self) -> u32 {
+        const MOST_BY_DEFAULT: u32 = 10;
+        self.db_max_connections.unwrap_or_else(|| {
+            if self.database_url.starts_with("sqlite:") {
+                let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+                u32::try_from(cores.saturating_mul(2))
+                    .map_or(MOST_BY_DEFAULT, |n| n.min(MOST_BY_DEFAULT))
+            } else {
+                MOST_BY_DEFAULT
+            }
+        })
+    }
+
     /// bcrypt computations allowed at once.
     pub fn hash_concurrency(&self) -> usize {
         self.hash_concurrency
@@ -454,6 +474,7 @@ impl fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("database_url", &crate::db::redact_url(&self.database_url))
             .field("listen", &self.listen)
+            .field("db_max_connections", &self.db_max_connections())
             .field("token_ttl", &self.token_ttl)
             .field("cache_ttl", &self.cache_ttl)
             .field("cache_capacity", &self.cache_capacity)
@@ -938,6 +959,17 @@ mod tests {
         let settings = Settings::from_args(&["--token-ttl", "60"]);
         assert_eq!(settings.token_ttl, Duration::from_secs(60));
         assert_eq!(settings.database_url, "sqlite://authql.db?mode=rwc");
+    }
+
+    #[test]
+    fn the_pool_defaults_to_twice_the_cores_on_sqlite_and_ten_on_postgres() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        let sqlite = Settings::from_args(&[]);
+        assert_eq!(sqlite.db_max_connections(), (2 * cores).min(10) as u32);
+        let postgres = Settings::from_args(&["--database-url", "postgres://db/authql"]);
+        assert_eq!(postgres.db_max_connections(), 10);
+        let chosen = Settings::from_args(&["--db-max-connections", "17"]);
+        assert_eq!(chosen.db_max_connections(), 17);
     }
 
     #[test]

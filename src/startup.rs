@@ -48,7 +48,7 @@ impl App {
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .map_err(|err| SettingError::listen(settings.listen, &err))?;
-        let db = db::connect(&settings.database_url, settings.db_max_connections).await?;
+        let db = db::connect(&settings.database_url, settings.db_max_connections()).await?;
         db::migrate(&db).await?;
         let auth = Arc::new(AuthService::new(db, &settings, clock).await?);
         if auth.db().get_database_backend() == DbBackend::Postgres {
@@ -141,6 +141,7 @@ impl App {
             listen = %self.local_addr(),
             backend = ?self.state.auth.db().get_database_backend(),
             database = %db::redact_url(&s.database_url),
+            db_max_connections = s.db_max_connections(),
             token_ttl_secs = s.token_ttl.as_secs(),
             cache_capacity = s.cache_capacity,
             cache_ttl_secs = s.cache_ttl.as_secs(),
