@@ -109,7 +109,8 @@ impl LastUsed {
             return;
         }
         noted.insert(session, now);
-        drop(noted);
+        // Under the same lock: a flush that forgets old notes (this one
+        // may be, when its request was slow) then finds it pending.
         if let Ok(mut pending) = self.pending.lock() {
             pending.insert(session, now);
         }
