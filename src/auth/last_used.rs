@@ -109,8 +109,8 @@ impl LastUsed {
             return;
         }
         noted.insert(session, now);
-        // Under the same lock: a flush that forgets old notes (this one
-        // may be, when its request was slow) then finds it pending.
+        // Under the same lock: see `take_pending`. (A slow request's note
+        // is old when made, and must not be forgotten before it is taken.)
         if let Ok(mut pending) = self.pending.lock() {
             pending.insert(session, now);
         }
@@ -156,11 +156,7 @@ impl LastUsed {
     /// # Errors
     /// A database error.
     pub async fn flush(&self, db: &DatabaseConnection, now: DateTime<Utc>) -> Result<usize, DbErr> {
-        let notes = match self.pending.lock() {
-            Ok(mut pending) => std::mem::take(&mut *pending),
-            Err(_) => return Ok(0),
-        };
-        self.forget_old_notes(&notes, now);
+        let notes = self.take_pending(now);
         if notes.is_empty() {
             return Ok(0);
         }
@@ -174,11 +170,18 @@ impl LastUsed {
         Ok(batch.notes.len())
     }
 
-    /// Forgets the notes older than [`REMEMBERED_FOR`] or the interval,
-    /// except those in `writing`.
-    fn forget_old_notes(&self, writing: &HashMap<i64, i64>, now: DateTime<Utc>) {
+    /// Takes the pending notes to write, and forgets the notes older than
+    /// [`REMEMBERED_FOR`] or the interval, except those taken. Both under
+    /// the notes' lock, which [`used`](Self::used) holds while it notes in
+    /// both maps: every pending note is also remembered, until it is taken,
+    /// and while it is written.
+    fn take_pending(&self, now: DateTime<Utc>) -> HashMap<i64, i64> {
         let Ok(mut noted) = self.noted.lock() else {
-            return;
+            return HashMap::new();
+        };
+        let writing = match self.pending.lock() {
+            Ok(mut pending) => std::mem::take(&mut *pending),
+            Err(_) => return HashMap::new(),
         };
         let now = now.timestamp_micros();
         let kept_for = self.interval_micros().min(micros(REMEMBERED_FOR));
@@ -190,6 +193,7 @@ impl LastUsed {
             let keep = 2 * noted.len();
             noted.shrink_to(keep);
         }
+        writing
     }
 
     /// Puts `notes` back among the pending ones; a use noted since keeps
@@ -313,36 +317,54 @@ mod tests {
     fn a_written_note_is_forgotten_after_a_few_seconds_and_its_room_freed() {
         let now = crate::clock::Clock::default().now();
         let noter = noter_with_notes(now);
-        let written = std::mem::take(&mut *noter.pending.lock().unwrap());
+        let written = noter.take_pending(now);
+        assert_eq!(written.len(), 10_000);
         let loaded = now - seconds(3600);
-        noter.forget_old_notes(&HashMap::new(), now + seconds(2));
+        assert!(noter.take_pending(now + seconds(2)).is_empty());
         assert_eq!(noter.latest(7, loaded), now);
         // A principal loaded from a read older than the write is not
         // noted again meanwhile.
         noter.used(7, &LastUse::new(loaded), now + seconds(2));
         assert!(noter.pending.lock().unwrap().is_empty());
 
-        noter.forget_old_notes(&HashMap::new(), now + seconds(3));
+        assert!(noter.take_pending(now + seconds(3)).is_empty());
         assert_eq!(noter.latest(7, loaded), loaded);
         let noted = noter.noted.lock().unwrap();
         assert!(noted.is_empty());
         assert!(noted.capacity() < 1024, "{} kept", noted.capacity());
-        assert_eq!(written.len(), 10_000);
     }
 
     #[test]
-    fn a_note_being_written_or_waiting_again_is_not_forgotten() {
+    fn a_note_whose_write_failed_is_remembered_while_it_waits_and_is_written_again() {
         let now = crate::clock::Clock::default().now();
         let noter = noter_with_notes(now);
         let loaded = now - seconds(3600);
-        let mut writing = std::mem::take(&mut *noter.pending.lock().unwrap());
-        // Session 7's write failed and waits again; the rest are being
-        // written, slowly.
-        let failed = writing.remove(&7).unwrap();
+        let mut written = noter.take_pending(now);
+        // Session 7's write failed: it waits again; the rest were written.
+        let failed = written.remove(&7).unwrap();
         noter.put_back(HashMap::from([(7, failed)]));
-        noter.forget_old_notes(&writing, now + seconds(30));
-        assert_eq!(noter.latest(8, loaded), now);
         assert_eq!(noter.latest(7, loaded), now);
-        assert_eq!(noter.noted.lock().unwrap().len(), 9_999);
+        // Half a minute later it is taken again, and remembered while it is
+        // being written; the notes written long ago are forgotten.
+        let writing = noter.take_pending(now + seconds(30));
+        assert_eq!(writing.len(), 1);
+        assert_eq!(noter.latest(7, loaded), now);
+        assert_eq!(noter.latest(8, loaded), loaded);
+        assert_eq!(noter.noted.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_slow_requests_old_note_is_remembered_until_it_is_written() {
+        let now = crate::clock::Clock::default().now();
+        let noter = LastUsed::new(Duration::from_secs(60));
+        let loaded = now - seconds(3600);
+        assert!(noter.take_pending(now).is_empty());
+        // Noted just after that flush, with the time the request began,
+        // 5 s before: older than the notes are remembered for.
+        noter.used(7, &LastUse::new(loaded), now - seconds(5));
+        assert_eq!(noter.latest(7, loaded), now - seconds(5));
+        let writing = noter.take_pending(now + seconds(1));
+        assert_eq!(writing.len(), 1);
+        assert_eq!(noter.latest(7, loaded), now - seconds(5));
     }
 }

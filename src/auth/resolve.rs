@@ -84,13 +84,7 @@ impl AuthService {
                 session.id,
                 session.last_used_at.unwrap_or(session.created_at),
             );
-            if now - last >= idle
-                && self
-                    .written_last_use(session.id)
-                    .await?
-                    .is_none_or(|written| now - written >= idle)
-            {
-                self.forget_expired(session.id, &digest).await?;
+            if now - last >= idle && self.forget_if_idle(session.id, &digest, now - idle).await? {
                 return Err(AuthError::Unauthenticated(Unauthenticated::TokenExpired));
             }
         }
@@ -118,19 +112,26 @@ impl AuthService {
         })
     }
 
-    /// The session's last use as the database has it now. A read that
-    /// began before this instance wrote a note may return the row from
-    /// before, after the note was forgotten here (see `LastUsed::flush`):
-    /// a session is removed as idle only on a read begun after that.
-    /// `None` when the session is gone.
-    async fn written_last_use(
+    /// Removes the session if its row, as it is now, also shows no use
+    /// since `cutoff`, in one statement: true if it did. The read before
+    /// may be older than a use this instance wrote and forgot since (see
+    /// `LastUsed::flush`), and a use written meanwhile keeps the session.
+    async fn forget_if_idle(
         &self,
         session_id: i64,
-    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, AuthError> {
-        let row = auth_token::Entity::find_by_id(session_id)
-            .one(&self.db)
-            .await?;
-        Ok(row.map(|row| row.last_used_at.unwrap_or(row.created_at)))
+        digest: &TokenDigest,
+        cutoff: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, AuthError> {
+        let removed = auth_token::Entity::delete_many()
+            .filter(auth_token::Column::Id.eq(session_id))
+            .filter(super::sweeper::idle_since(cutoff))
+            .exec(&self.db)
+            .await?
+            .rows_affected;
+        if removed > 0 {
+            self.cache.remove(digest);
+        }
+        Ok(removed > 0)
     }
 
     async fn forget_expired(&self, session_id: i64, digest: &TokenDigest) -> Result<(), AuthError> {

@@ -103,14 +103,19 @@ pub async fn sweep_idle(
     db: &DatabaseConnection,
     cutoff: chrono::DateTime<chrono::Utc>,
 ) -> Result<u64, DbErr> {
-    let idle = Condition::any()
+    sweep_tokens(db, idle_since(cutoff)).await
+}
+
+/// The sessions not used since `cutoff` (a session never used counts from
+/// its creation).
+pub(crate) fn idle_since(cutoff: chrono::DateTime<chrono::Utc>) -> Condition {
+    Condition::any()
         .add(auth_token::Column::LastUsedAt.lt(cutoff))
         .add(
             Condition::all()
                 .add(auth_token::Column::LastUsedAt.is_null())
                 .add(auth_token::Column::CreatedAt.lt(cutoff)),
-        );
-    sweep_tokens(db, idle).await
+        )
 }
 
 async fn sweep_tokens(db: &DatabaseConnection, which: Condition) -> Result<u64, DbErr> {
