@@ -146,7 +146,7 @@ impl LastUsed {
     /// interval, except those about to be written. A note forgotten was
     /// written, or waits in the pending notes again: a caller that finds no
     /// note here and must not trust an older database read (the idle
-    /// timeout) reads the row again.
+    /// timeout) checks the row again as it acts.
     ///
     /// A batch not written, because the write failed or the flush was
     /// cancelled (at shutdown), goes back to the pending notes for the next
