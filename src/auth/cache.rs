@@ -328,7 +328,10 @@ mod tests {
     #[test]
     fn a_principal_keeps_its_expiry_to_the_microsecond() {
         let expires_at = crate::clock::Clock::default().now() + chrono::Duration::hours(1);
-        assert_eq!(principal(1, expires_at).expires_at(), expires_at);
+        let principal = principal(1, expires_at);
+        assert_eq!(principal.expires_at(), expires_at);
+        assert!(principal.is_live_at(expires_at - chrono::Duration::microseconds(1)));
+        assert!(!principal.is_live_at(expires_at));
     }
 
     #[test]

@@ -121,6 +121,12 @@ impl Principal {
         }
     }
 
+    /// True while the token has not expired: on every request, so compared
+    /// in microseconds rather than rebuilding the `DateTime`.
+    pub fn is_live_at(&self, now: DateTime<Utc>) -> bool {
+        now.timestamp_micros() < self.expires_at_micros
+    }
+
     /// When the token expires.
     pub fn expires_at(&self) -> DateTime<Utc> {
         // Every `DateTime` fits in i64 microseconds; were it not, the token

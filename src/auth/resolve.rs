@@ -42,7 +42,7 @@ impl AuthService {
         let digest = token.digest();
         let now = self.clock.now();
         if let Lookup::Hit(principal) = self.cache.get(&digest, now) {
-            if now < principal.expires_at() && !self.looks_idle(&principal, now) {
+            if principal.is_live_at(now) && !self.looks_idle(&principal, now) {
                 self.last_used
                     .used(principal.session_id, &principal.last_used, now);
                 metrics::token_resolved("cache");
