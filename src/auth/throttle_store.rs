@@ -353,12 +353,22 @@ impl ThrottleStore {
 /// Reset mails per address: a burst of this many, then one per period.
 const RESET_MAILS: i64 = 3;
 const RESET_PERIOD_US: i64 = 3_600_000_000;
+/// How far out of order the clock readings of one address's requests may
+/// reach the store and all still count within the burst. Each mail is
+/// decided in a task of its own that reads the clock and then waits for
+/// a connection (up to 5 s) and, on SQLite, for the write lock (up to 5
+/// s), so a burst's first reading can be written last; without slack that
+/// late first reading, as the base of the arrival time, refused the third
+/// mail of a burst by microseconds. Against an hour's period this lets a
+/// fourth mail out at most this much early.
+const RESET_CLOCK_SLACK_US: i64 = 10_000_000;
 
 impl ThrottleStore {
     /// Counts one reset mail to an address (lower-cased) against its limit
     /// of 3 an hour, in the same table and with the same statement as the
-    /// login limits (GCRA: 3 at once, then one more an hour); returns
-    /// whether it may be sent.
+    /// login limits (GCRA: 3 at once, then one more an hour, with
+    /// [`RESET_CLOCK_SLACK_US`] for readings that arrive out of order);
+    /// returns whether it may be sent.
     ///
     /// # Errors
     /// A database error.
@@ -370,7 +380,9 @@ impl ThrottleStore {
         let now_us = now.timestamp_micros();
         let values = vec![
             Value::from(now_us.saturating_add(RESET_PERIOD_US)),
-            Value::from(now_us.saturating_add(RESET_PERIOD_US * (RESET_MAILS - 1))),
+            Value::from(
+                now_us.saturating_add(RESET_PERIOD_US * (RESET_MAILS - 1) + RESET_CLOCK_SLACK_US),
+            ),
             Value::from(now_us),
             Value::from(RESET_PERIOD_US),
             Value::from(self.key_of("reset_address", address)),
@@ -416,4 +428,50 @@ fn micros(duration: Duration) -> i64 {
 
 fn from_micros(us: i64) -> Duration {
     Duration::from_micros(u64::try_from(us).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store on a fresh, migrated SQLite file.
+    async fn store() -> (ThrottleStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let db = crate::db::connect(&url, 2).await.unwrap();
+        crate::db::migrate(&db).await.unwrap();
+        let store = ThrottleStore::open(db, "10/minute".parse().unwrap())
+            .await
+            .unwrap();
+        (store, dir)
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_reset_mails_whose_clock_readings_arrive_out_of_order_still_gets_three() {
+        let (store, _dir) = store().await;
+        let t0 = Utc::now();
+        let ms = chrono::Duration::milliseconds;
+        // The request that read the clock last is written first, as a task
+        // that waited for SQLite's write lock is.
+        let mut admitted = Vec::new();
+        for now in [t0 + ms(30), t0, t0 + ms(10), t0 + ms(40), t0 + ms(50)] {
+            admitted.push(store.admit_address("a@example.com", now).await.unwrap());
+        }
+        assert_eq!(admitted, [true, true, true, false, false]);
+
+        // The fourth comes an hour after the burst, less the slack at most.
+        let hour = chrono::Duration::hours(1);
+        let early = t0 + hour - ms(RESET_CLOCK_SLACK_US / 1000) - ms(1000);
+        assert!(!store.admit_address("a@example.com", early).await.unwrap());
+        assert!(store
+            .admit_address("a@example.com", t0 + hour + ms(30))
+            .await
+            .unwrap());
+        assert!(!store
+            .admit_address("a@example.com", t0 + hour + ms(31))
+            .await
+            .unwrap());
+        // Another address has its own three.
+        assert!(store.admit_address("b@example.com", t0).await.unwrap());
+    }
 }
