@@ -19,26 +19,31 @@ pub fn mails(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// Waits (up to 10 s) until `count` mails are in `dir`; returns their text,
-/// with quoted-printable soft breaks and `=3D` undone.
+/// Waits (up to 10 s) until `count` whole mails are in `dir`; returns
+/// their text, with quoted-printable soft breaks and `=3D` undone.
+///
+/// lettre's file transport creates a mail's file and then writes it, so a
+/// file can be seen empty or half written: a mail counts once it ends with
+/// its multipart body's closing delimiter (`--boundary--`).
 pub async fn wait_for_mails(dir: &Path, count: usize) -> Vec<String> {
     for _ in 0..200 {
         let found = mails(dir);
         if found.len() >= count {
-            return found
+            let texts: Vec<String> = found
                 .iter()
-                .map(|p| {
-                    std::fs::read_to_string(p)
-                        .expect("mail readable")
-                        .replace("=\r\n", "")
-                        .replace("=3D", "=")
-                })
+                .map(|p| std::fs::read_to_string(p).expect("mail readable"))
                 .collect();
+            if texts.iter().all(|text| text.ends_with("--\r\n")) {
+                return texts
+                    .iter()
+                    .map(|text| text.replace("=\r\n", "").replace("=3D", "="))
+                    .collect();
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!(
-        "expected {count} mails in {}, found {}",
+        "expected {count} whole mails in {}, found {} files",
         dir.display(),
         mails(dir).len()
     );
