@@ -46,7 +46,8 @@ const SWEEP_BATCH: u64 = 500;
 
 /// Counts one attempt against both buckets, in one statement. A bucket
 /// admits while its theoretical arrival time is at most `$2` (now plus the
-/// burst slack) and then moves it one interval on; a refused attempt changes
+/// burst slack, and for reset mails [`RESET_CLOCK_SLACK_US`]) and then
+/// moves it one interval on; a refused attempt changes
 /// nothing but `admitted`. Every `SET` expression reads the row as it was.
 const ADMIT: &str = "INSERT INTO login_throttle (key, tat, admitted, failures, last_failure) \
 VALUES {rows} \
@@ -355,13 +356,16 @@ const RESET_MAILS: i64 = 3;
 const RESET_PERIOD_US: i64 = 3_600_000_000;
 /// How far out of order the clock readings of one address's requests may
 /// reach the store and all still count within the burst. Each mail is
-/// decided in a task of its own that reads the clock and then waits for
-/// a connection (up to 5 s) and, on SQLite, for the write lock (up to 5
-/// s), so a burst's first reading can be written last; without slack that
-/// late first reading, as the base of the arrival time, refused the third
-/// mail of a burst by microseconds. Against an hour's period this lets a
-/// fourth mail out at most this much early.
-const RESET_CLOCK_SLACK_US: i64 = 10_000_000;
+/// decided in a task of its own that reads the clock and then waits for a
+/// connection (up to 5 s) and, on SQLite, for the write lock (up to 5 s),
+/// so the readings can be written in another order than they were taken.
+/// The first one written sets the base of the arrival time; without
+/// slack, a later-written request whose reading is earlier than that base
+/// was refused, and a quick burst got two mails instead of three. A
+/// minute covers both waits with room for scheduling and for clocks of
+/// instances a little apart; against an hour's period it lets a fourth
+/// mail out at most this much early, never a fourth at once.
+const RESET_CLOCK_SLACK_US: i64 = 60_000_000;
 
 impl ThrottleStore {
     /// Counts one reset mail to an address (lower-cased) against its limit
@@ -459,18 +463,17 @@ mod tests {
         }
         assert_eq!(admitted, [true, true, true, false, false]);
 
-        // The fourth comes an hour after the burst, less the slack at most.
-        let hour = chrono::Duration::hours(1);
-        let early = t0 + hour - ms(RESET_CLOCK_SLACK_US / 1000) - ms(1000);
-        assert!(!store.admit_address("a@example.com", early).await.unwrap());
-        assert!(store
-            .admit_address("a@example.com", t0 + hour + ms(30))
-            .await
-            .unwrap());
+        // The fourth comes an hour after the base (the first reading
+        // written) less the slack, and not a microsecond before.
+        let fourth = t0 + ms(30) + chrono::Duration::hours(1)
+            - chrono::Duration::microseconds(RESET_CLOCK_SLACK_US);
+        let just_before = fourth - chrono::Duration::microseconds(1);
         assert!(!store
-            .admit_address("a@example.com", t0 + hour + ms(31))
+            .admit_address("a@example.com", just_before)
             .await
             .unwrap());
+        assert!(store.admit_address("a@example.com", fourth).await.unwrap());
+        assert!(!store.admit_address("a@example.com", fourth).await.unwrap());
         // Another address has its own three.
         assert!(store.admit_address("b@example.com", t0).await.unwrap());
     }
