@@ -27,26 +27,34 @@ pub fn mails(dir: &Path) -> Vec<PathBuf> {
 /// its multipart body's closing delimiter (`--boundary--`).
 pub async fn wait_for_mails(dir: &Path, count: usize) -> Vec<String> {
     for _ in 0..200 {
-        let found = mails(dir);
-        if found.len() >= count {
-            let texts: Vec<String> = found
+        let whole = whole_mails(dir);
+        if whole.len() >= count {
+            return whole
                 .iter()
-                .map(|p| std::fs::read_to_string(p).expect("mail readable"))
+                .map(|text| text.replace("=\r\n", "").replace("=3D", "="))
                 .collect();
-            if texts.iter().all(|text| text.ends_with("--\r\n")) {
-                return texts
-                    .iter()
-                    .map(|text| text.replace("=\r\n", "").replace("=3D", "="))
-                    .collect();
-            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!(
-        "expected {count} whole mails in {}, found {} files",
+        "expected {count} whole mails in {}, found {} ({} files)",
         dir.display(),
+        whole_mails(dir).len(),
         mails(dir).len()
     );
+}
+
+/// The text of every mail in `dir`, or none while any file is still being
+/// written (or cannot be read yet).
+fn whole_mails(dir: &Path) -> Vec<String> {
+    let mut texts = Vec::new();
+    for path in mails(dir) {
+        match std::fs::read_to_string(&path) {
+            Ok(text) if text.ends_with("--\r\n") => texts.push(text),
+            _ => return Vec::new(),
+        }
+    }
+    texts
 }
 
 /// The first token with `prefix` in a mail.
@@ -56,4 +64,14 @@ pub fn token_in(mail: &str, prefix: &str) -> String {
         .chars()
         .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
         .collect()
+}
+
+/// The token with `prefix` in a mail of `mails` that is not `known`: the
+/// newer of two links (the files are named at random, not in order).
+pub fn other_token(mails: &[String], prefix: &str, known: &str) -> String {
+    mails
+        .iter()
+        .map(|mail| token_in(mail, prefix))
+        .find(|token| token != known)
+        .expect("a second link")
 }
