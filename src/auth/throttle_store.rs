@@ -455,8 +455,9 @@ mod tests {
         let (store, _dir) = store().await;
         let t0 = Utc::now();
         let ms = chrono::Duration::milliseconds;
-        // The request that read the clock last is written first, as a task
-        // that waited for SQLite's write lock is.
+        // The request that read the clock last is written first; those
+        // that read it earlier waited, as a task held up by SQLite's write
+        // lock does.
         let mut admitted = Vec::new();
         for now in [t0 + ms(30), t0, t0 + ms(10), t0 + ms(40), t0 + ms(50)] {
             admitted.push(store.admit_address("a@example.com", now).await.unwrap());
