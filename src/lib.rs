@@ -3,6 +3,8 @@
 //! Layers, each knowing one thing: `http` speaks poem, `graphql` speaks
 //! async-graphql, `auth` holds every rule of the spec, `db` the tables.
 
+/// mimalloc as the global allocator, through its fast path.
+pub mod allocator;
 /// Every rule about users, passwords, tokens, sessions and throttling.
 pub mod auth;
 /// The command line.

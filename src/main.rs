@@ -14,7 +14,7 @@ use authql::telemetry;
 /// Built not to ask for transparent huge pages (`no_thp` in Cargo.toml),
 /// which cost resident memory and bought no throughput.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: authql::allocator::MiMalloc = authql::allocator::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
