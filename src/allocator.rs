@@ -11,6 +11,12 @@
 //! whose alignment is at most 16 and at most its size takes the plain
 //! call, as Rust's own `System` allocator does with `malloc`; any other
 //! layout keeps the aligned call.
+//!
+//! That guarantee is mimalloc's as a C `malloc` (`MI_MAX_ALIGN_SIZE`, its
+//! size classes rounded to 16 bytes on 64-bit targets), in the build
+//! Cargo.toml asks for: its `debug` feature would allow guard pages that
+//! place blocks off it. The tests below check it over every kind of
+//! block; run them again after an update of `libmimalloc-sys`.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::c_void;
@@ -77,12 +83,16 @@ unsafe impl GlobalAlloc for MiMalloc {
 mod tests {
     use super::*;
 
+    /// Around every line mimalloc draws: blocks of 8 and 16 bytes, the
+    /// 1 KiB of its aligned fast path, small pages (10 KiB), the largest
+    /// size class (512 KiB) and the huge blocks past it.
     const SIZES: &[usize] = &[
         1, 2, 3, 7, 8, 9, 12, 15, 16, 17, 24, 31, 32, 40, 48, 56, 64, 72, 80, 96, 100, 112, 128,
-        160, 200, 256, 320, 500, 1000, 1024, 1025, 1500, 2048, 3000, 4096, 5000, 10_000, 65_536,
-        100_000, 1_048_576, 5_242_880,
+        160, 200, 256, 320, 500, 1000, 1024, 1025, 1500, 2048, 3000, 4096, 5000, 10_000, 10_240,
+        10_241, 65_536, 100_000, 524_288, 524_289, 1_048_576, 5_242_880,
     ];
-    const ALIGNMENTS: &[usize] = &[1, 2, 4, 8, 16, 32, 64, 128, 4096];
+    /// Past 64 KiB, mimalloc serves an alignment from a page of its own.
+    const ALIGNMENTS: &[usize] = &[1, 2, 4, 8, 16, 32, 64, 128, 4096, 65_536, 131_072];
 
     fn layouts() -> impl Iterator<Item = Layout> {
         SIZES.iter().flat_map(|&size| {
@@ -99,6 +109,26 @@ mod tests {
             0,
             "{what} of {layout:?} is misaligned: {ptr:p}"
         );
+    }
+
+    /// Fills a block with a pattern of its 4 KiB chunks (memset, so a
+    /// megabyte costs little in a debug build).
+    unsafe fn fill(ptr: *mut u8, size: usize, seed: u8) {
+        for start in (0..size).step_by(4096) {
+            let len = 4096.min(size - start);
+            std::ptr::write_bytes(ptr.add(start), seed.wrapping_add((start / 4096) as u8), len);
+        }
+    }
+
+    /// The first and last byte of each 4 KiB chunk of the first `size`
+    /// bytes hold the pattern [`fill`] wrote.
+    unsafe fn assert_filled(ptr: *mut u8, size: usize, seed: u8, what: &str) {
+        for start in (0..size).step_by(4096) {
+            let expected = seed.wrapping_add((start / 4096) as u8);
+            let last = start + 4096.min(size - start) - 1;
+            assert_eq!(*ptr.add(start), expected, "{what}: byte {start} lost");
+            assert_eq!(*ptr.add(last), expected, "{what}: byte {last} lost");
+        }
     }
 
     /// Many blocks at once, so the size classes' pages fill and later blocks
@@ -142,31 +172,80 @@ mod tests {
     }
 
     /// Growing and shrinking, across the line between the plain and the
-    /// aligned calls in both directions, keeps the alignment and the bytes.
+    /// aligned calls in both directions, in place or moved, keeps the
+    /// alignment and the bytes.
     #[test]
     fn a_reallocated_block_keeps_its_alignment_and_its_bytes() {
-        let small = |size: &usize| *size <= 65_536;
-        for layout in layouts().filter(|layout| small(&layout.size())) {
-            for &new_size in SIZES.iter().filter(|size| small(size)) {
+        for layout in layouts().filter(|layout| layout.size() <= 1_048_576) {
+            for &new_size in SIZES.iter().filter(|&&size| size <= 1_048_576) {
                 unsafe {
                     let ptr = MiMalloc.alloc(layout);
                     assert_aligned(ptr, layout, "alloc");
-                    for i in 0..layout.size() {
-                        *ptr.add(i) = i as u8;
-                    }
+                    fill(ptr, layout.size(), 7);
                     let moved = MiMalloc.realloc(ptr, layout, new_size);
                     let new_layout = Layout::from_size_align(new_size, layout.align()).unwrap();
                     assert_aligned(moved, new_layout, "realloc");
-                    for i in 0..layout.size().min(new_size) {
-                        assert_eq!(
-                            *moved.add(i),
-                            i as u8,
-                            "{layout:?} to {new_size} lost byte {i}"
-                        );
-                    }
+                    let what = format!("{layout:?} to {new_size}");
+                    assert_filled(moved, layout.size().min(new_size), 7, &what);
                     MiMalloc.dealloc(moved, new_layout);
                 }
             }
         }
+    }
+
+    /// A `Vec`'s life: grown a size at a time to 1 MiB, then shrunk back.
+    #[test]
+    fn a_block_grown_step_by_step_and_shrunk_back_keeps_its_bytes() {
+        for align in [8, 16, 64] {
+            unsafe {
+                let mut layout = Layout::from_size_align(1, align).unwrap();
+                let mut ptr = MiMalloc.alloc(layout);
+                fill(ptr, 1, 3);
+                let mut size = 1;
+                let steps = std::iter::from_fn(|| {
+                    size = (size * 3 / 2 + 1).min(1_048_576);
+                    Some(size)
+                })
+                .take_while(|&size| size < 1_048_576)
+                .collect::<Vec<_>>();
+                for &new_size in steps.iter().chain(steps.iter().rev().skip(1)) {
+                    let kept = layout.size().min(new_size);
+                    ptr = MiMalloc.realloc(ptr, layout, new_size);
+                    layout = Layout::from_size_align(new_size, align).unwrap();
+                    assert_aligned(ptr, layout, "realloc");
+                    assert_filled(ptr, kept, 3, &format!("to {new_size}"));
+                    fill(ptr, new_size, 3);
+                }
+                MiMalloc.dealloc(ptr, layout);
+            }
+        }
+    }
+
+    /// Blocks made on one thread are reallocated (both calls) and freed on
+    /// another, as a request's buffers are when tokio moves its task.
+    #[test]
+    fn a_block_made_on_one_thread_is_reallocated_and_freed_on_another() {
+        let blocks: Vec<(usize, Layout)> = layouts()
+            .filter(|layout| layout.size() <= 65_536)
+            .map(|layout| unsafe {
+                let ptr = MiMalloc.alloc(layout);
+                fill(ptr, layout.size(), 11);
+                (ptr as usize, layout)
+            })
+            .collect();
+        std::thread::spawn(move || {
+            for (address, layout) in blocks {
+                unsafe {
+                    let new_size = layout.size() * 2;
+                    let moved = MiMalloc.realloc(address as *mut u8, layout, new_size);
+                    let new_layout = Layout::from_size_align(new_size, layout.align()).unwrap();
+                    assert_aligned(moved, new_layout, "realloc on another thread");
+                    assert_filled(moved, layout.size(), 11, &format!("{layout:?}"));
+                    MiMalloc.dealloc(moved, new_layout);
+                }
+            }
+        })
+        .join()
+        .unwrap();
     }
 }
