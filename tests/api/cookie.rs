@@ -351,13 +351,19 @@ async fn serve_page() -> String {
 
 /// Opens `origin` and runs `script` (an async function body) there.
 async fn run_in_page(browser: &mut Browser, origin: &str, script: &str) -> Value {
-    browser
+    let navigation = browser
         .call("Page.navigate", json!({ "url": format!("{origin}/") }))
         .await;
+    assert!(navigation["errorText"].is_null(), "{origin}: {navigation}");
+    // Both origins serve the same page, so the check names the origin: until
+    // the navigation commits, the previous origin's page would pass too.
     let loaded = browser
         .wait_for(
-            "document.readyState === 'complete' && document.title === 'an app'",
-            Duration::from_secs(10),
+            &format!(
+                "location.origin === '{origin}' && document.readyState === 'complete' \
+                 && document.title === 'an app'"
+            ),
+            Duration::from_secs(30),
         )
         .await;
     assert!(loaded, "{origin} did not load");
@@ -430,9 +436,10 @@ async fn a_browser_signs_in_with_the_cookie_from_a_listed_origin_only() {
         &format!(
             r#"{call}
             const me = await call("{{ me {{ username }} }}");
-            return JSON.stringify({{ me }});"#
+            return JSON.stringify({{ me, origin: location.origin }});"#
         ),
     )
     .await;
+    assert_eq!(refused["origin"], stranger.as_str(), "{refused}");
     assert!(refused["me"]["failed"].is_string(), "{refused}");
 }

@@ -90,6 +90,13 @@ impl Browser {
     /// Sends one command and waits for its answer, keeping the events that
     /// arrive meanwhile.
     pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        let answer = self.send(method, params).await;
+        assert!(answer["error"].is_null(), "{method}: {answer}");
+        answer["result"].clone()
+    }
+
+    /// Sends one command; returns its whole answer, an error included.
+    async fn send(&mut self, method: &str, params: Value) -> Value {
         self.next_id += 1;
         let id = self.next_id;
         let command = json!({ "id": id, "method": method, "params": params });
@@ -98,7 +105,7 @@ impl Browser {
             .await
             .expect("command sent");
         loop {
-            let message = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+            let message = tokio::time::timeout(Duration::from_secs(30), self.ws.next())
                 .await
                 .unwrap_or_else(|_| panic!("no answer to {method}"))
                 .expect("the browser is connected")
@@ -108,8 +115,7 @@ impl Browser {
             };
             let value: Value = serde_json::from_str(&text).expect("JSON");
             if value["id"] == id {
-                assert!(value["error"].is_null(), "{method}: {value}");
-                return value["result"].clone();
+                return value;
             }
             self.events.push(value);
         }
@@ -130,11 +136,19 @@ impl Browser {
         result["result"]["value"].clone()
     }
 
-    /// Evaluates `expression` until it is true, for up to `within`.
+    /// Evaluates `expression` until it is true, for up to `within`. A page
+    /// in the middle of a navigation may answer with an error (its context
+    /// destroyed) or an exception: both count as "not yet".
     pub async fn wait_for(&mut self, expression: &str, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            if self.eval(expression).await == json!(true) {
+            let answer = self
+                .send(
+                    "Runtime.evaluate",
+                    json!({ "expression": expression, "returnByValue": true }),
+                )
+                .await;
+            if answer["result"]["result"]["value"] == json!(true) {
                 return true;
             }
             if tokio::time::Instant::now() >= deadline {
@@ -174,7 +188,7 @@ impl Drop for Browser {
 
 /// Chromium writes its DevTools port to this file once it listens.
 async fn wait_for_port(file: PathBuf) -> u16 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(text) = std::fs::read_to_string(&file) {
             if let Some(port) = text.lines().next().and_then(|l| l.trim().parse().ok()) {
