@@ -5,10 +5,11 @@
 //! it competed with the async workers as an equal, so during a flood of
 //! logins a cached `me` waited behind a 280 ms hash for a core. Here each
 //! hashing thread lowers its own priority once (Linux: `nice` is per
-//! thread) and asks for the shortest time slice, so the kernel hands a
-//! core to a woken worker first and soon. With no other work to do, a
-//! niced thread still gets the whole core: a login alone is as fast as
-//! before.
+//! thread), asks for the shortest time slice, and while it hashes offers
+//! its core every 2 ms (`yielding`), so the kernel hands a core to a
+//! woken worker first and soon. With no other work to do, a niced thread
+//! still gets the whole core: a login alone runs within a few percent of
+//! an unniced one (bench/RESULTS.md).
 
 use std::panic::AssertUnwindSafe;
 
@@ -36,7 +37,11 @@ impl HashPool {
                 .name(format!("authql-hash-{n}"))
                 .spawn(move || {
                     lower_priority();
+                    #[cfg(target_os = "linux")]
+                    let offers = yielding::Offers::for_this_thread();
                     for job in queue {
+                        #[cfg(target_os = "linux")]
+                        let _offering = offers.as_ref().map(yielding::Offers::start);
                         // A panicking job drops its answer channel, which
                         // its caller sees; the thread goes on.
                         let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
@@ -126,6 +131,136 @@ fn set_nice_and_slice(nice: i32) -> bool {
     }
 }
 
+/// A hashing thread at work offers its core to any other thread every
+/// [`yielding::EVERY`].
+///
+/// Why the niceness and the short slice are not enough: Linux's scheduler
+/// (EEVDF) keeps a thread's lag across a sleep. An async worker that ran
+/// more than its share wakes up not yet eligible, so it does not preempt
+/// the hashing thread when it wakes; the kernel looks again only at its
+/// next tick (4 ms at 250 Hz), whatever the hashing thread's nice value
+/// or slice. `perf sched` showed woken workers waiting 3 to 4 ms behind a
+/// hashing thread that way during a login storm (bench/RESULTS.md). A
+/// timer signal whose handler calls `sched_yield` makes the kernel look
+/// again every [`yielding::EVERY`] while a hash runs, without privileges;
+/// with nothing else to run, `sched_yield` returns at once. (`SCHED_IDLE`
+/// would be preempted at once too, but a thread cannot leave it without
+/// privileges, and under a load that fills the cores it would starve
+/// logins.)
+#[cfg(target_os = "linux")]
+mod yielding {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Once;
+    use std::time::Duration;
+
+    /// How long a woken worker may wait behind a hash, at most. Every
+    /// 0.5 ms cost a login alone 7% of its rate (bench/RESULTS.md); every
+    /// 2 ms, 3%, for the same gain in a storm.
+    pub const EVERY: Duration = Duration::from_millis(2);
+
+    thread_local! {
+        /// Offers the thread has made (for the tests). Constant-initialised,
+        /// so the handler's access is a plain TLS access, no lazy set-up.
+        static OFFERED: AtomicU64 = const { AtomicU64::new(0) };
+    }
+
+    /// How many offers the calling thread has made.
+    #[cfg(test)]
+    pub fn offered() -> u64 {
+        OFFERED.with(|offered| offered.load(Ordering::Relaxed))
+    }
+
+    /// The timer's signal: a real-time one, raised only at the thread that
+    /// made the timer. Neither std, tokio nor glibc uses it.
+    fn signal() -> libc::c_int {
+        libc::SIGRTMIN() + 7
+    }
+
+    extern "C" fn offer_the_core(_: libc::c_int) {
+        OFFERED.with(|offered| offered.fetch_add(1, Ordering::Relaxed));
+        // SAFETY: sched_yield is async-signal-safe, cannot fail and leaves
+        // errno alone.
+        unsafe {
+            libc::sched_yield();
+        }
+    }
+
+    /// A timer that signals the thread that made it; it stops when dropped.
+    pub struct Offers {
+        timer: libc::timer_t,
+    }
+
+    /// The timer running, until dropped (at the end of a job).
+    pub struct Offering<'a>(&'a Offers);
+
+    impl Offers {
+        /// The calling thread's timer, stopped; None where the kernel
+        /// refuses one (the thread then hashes without offering its core).
+        pub fn for_this_thread() -> Option<Offers> {
+            static HANDLER: Once = Once::new();
+            HANDLER.call_once(|| {
+                // SAFETY: the action outlives the call; the handler only
+                // counts and yields. SA_RESTART: a system call the signal
+                // interrupts (a log line's write) is restarted.
+                unsafe {
+                    let mut action: libc::sigaction = std::mem::zeroed();
+                    action.sa_sigaction = offer_the_core as extern "C" fn(libc::c_int) as usize;
+                    action.sa_flags = libc::SA_RESTART;
+                    libc::sigemptyset(&mut action.sa_mask);
+                    libc::sigaction(signal(), &action, std::ptr::null_mut());
+                }
+            });
+            // SAFETY: the event and the timer id outlive the call.
+            unsafe {
+                let mut event: libc::sigevent = std::mem::zeroed();
+                event.sigev_notify = libc::SIGEV_THREAD_ID;
+                event.sigev_signo = signal();
+                event.sigev_notify_thread_id = libc::gettid();
+                let mut timer: libc::timer_t = std::ptr::null_mut();
+                (libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) == 0)
+                    .then_some(Offers { timer })
+            }
+        }
+
+        /// Starts the timer for one job.
+        pub fn start(&self) -> Offering<'_> {
+            self.set(EVERY);
+            Offering(self)
+        }
+
+        /// Every `every`, from `every` on; zero stops the timer.
+        fn set(&self, every: Duration) {
+            let every = libc::timespec {
+                tv_sec: every.as_secs() as libc::time_t,
+                tv_nsec: every.subsec_nanos() as libc::c_long,
+            };
+            let spec = libc::itimerspec {
+                it_interval: every,
+                it_value: every,
+            };
+            // SAFETY: the timer is alive; the spec outlives the call.
+            unsafe {
+                libc::timer_settime(self.timer, 0, &spec, std::ptr::null_mut());
+            }
+        }
+    }
+
+    impl Drop for Offering<'_> {
+        fn drop(&mut self) {
+            self.0.set(Duration::ZERO);
+        }
+    }
+
+    impl Drop for Offers {
+        fn drop(&mut self) {
+            // SAFETY: the timer is ours and used no more.
+            unsafe {
+                libc::timer_delete(self.timer);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +314,58 @@ mod tests {
             assert_eq!(slice, SLICE_NANOS);
             assert_ne!(own_slice_if_settable(), Some(SLICE_NANOS));
         }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_working_hashing_thread_offers_its_core_and_an_idle_one_does_not() {
+        use std::time::{Duration, Instant};
+        let pool = HashPool::new(1).unwrap();
+        // A job that computes until it has made three offers (one every
+        // 2 ms), or gives up after 10 s.
+        let (seen, after) = pool
+            .run(|| {
+                let before = yielding::offered();
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while yielding::offered() - before < 3 && Instant::now() < deadline {
+                    std::hint::spin_loop();
+                }
+                (yielding::offered() - before, yielding::offered())
+            })
+            .await
+            .unwrap();
+        assert!(seen >= 3, "{seen} offers");
+        // Idle for 100 ms: a running timer would make about 50 offers; a
+        // stopped one, none but a signal pending at the end of the job and
+        // one in the first 2 ms of the next.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let next = pool.run(yielding::offered).await.unwrap();
+        assert!(next - after <= 2, "{} offers while idle", next - after);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_job_that_sleeps_and_writes_is_not_cut_short_by_the_offers() {
+        use std::io::{Read as _, Write as _};
+        use std::time::{Duration, Instant};
+        let pool = HashPool::new(1).unwrap();
+        let (slept, read) = pool
+            .run(|| {
+                let started = Instant::now();
+                std::thread::sleep(Duration::from_millis(30));
+                let slept = started.elapsed();
+                let mut file = tempfile::tempfile().unwrap();
+                let bytes = vec![7u8; 4 << 20];
+                file.write_all(&bytes).unwrap();
+                let mut read = Vec::new();
+                std::io::Seek::rewind(&mut file).unwrap();
+                file.read_to_end(&mut read).unwrap();
+                (slept, read == bytes)
+            })
+            .await
+            .unwrap();
+        assert!(slept >= Duration::from_millis(30), "{slept:?}");
+        assert!(read);
     }
 
     #[tokio::test]
