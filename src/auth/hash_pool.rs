@@ -5,11 +5,10 @@
 //! it competed with the async workers as an equal, so during a flood of
 //! logins a cached `me` waited behind a 280 ms hash for a core. Here each
 //! hashing thread lowers its own priority once (Linux: `nice` is per
-//! thread), asks for the shortest time slice, and while it hashes offers
-//! its core every 2 ms (`yielding`), so the kernel hands a core to a
-//! woken worker first and soon. With no other work to do, a niced thread
-//! still gets the whole core: a login alone runs within a few percent of
-//! an unniced one (bench/RESULTS.md).
+//! thread) and asks for the shortest time slice, so the kernel hands a
+//! core to a woken worker first and soon. With no other work to do, a
+//! niced thread still gets the whole core: a login alone is as fast as
+//! before.
 
 use std::panic::AssertUnwindSafe;
 
@@ -37,11 +36,7 @@ impl HashPool {
                 .name(format!("authql-hash-{n}"))
                 .spawn(move || {
                     lower_priority();
-                    #[cfg(target_os = "linux")]
-                    let offers = yielding::Offers::for_this_thread();
                     for job in queue {
-                        #[cfg(target_os = "linux")]
-                        let _offering = offers.as_ref().map(yielding::Offers::start);
                         // A panicking job drops its answer channel, which
                         // its caller sees; the thread goes on.
                         let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
@@ -131,180 +126,6 @@ fn set_nice_and_slice(nice: i32) -> bool {
     }
 }
 
-/// A hashing thread at work offers its core to any other thread every
-/// [`yielding::EVERY`].
-///
-/// Why the niceness and the short slice are not enough: Linux's scheduler
-/// (EEVDF) keeps a thread's lag across a sleep. An async worker that ran
-/// more than its share wakes up not yet eligible, so it does not preempt
-/// the hashing thread when it wakes; the kernel looks again only at its
-/// next tick (4 ms at 250 Hz), whatever the hashing thread's nice value
-/// or slice. `perf sched` showed woken workers waiting 3 to 4 ms behind a
-/// hashing thread that way during a login storm (bench/RESULTS.md). A
-/// timer signal whose handler calls `sched_yield` makes the kernel look
-/// again every [`yielding::EVERY`] while a hash runs, without privileges;
-/// with nothing else to run, `sched_yield` returns at once. A thread that
-/// has not worked 1 ms of CPU since its last offer makes none, so one
-/// kept waiting is not sent to the back again as soon as it returns. (`SCHED_IDLE`
-/// would be preempted at once too, but a thread cannot leave it without
-/// privileges, and under a load that fills the cores it would starve
-/// logins.)
-#[cfg(target_os = "linux")]
-mod yielding {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::OnceLock;
-    use std::time::Duration;
-
-    /// How long a woken worker may wait behind a hash, at most. Every
-    /// 0.5 ms cost a login alone 7% of its rate (bench/RESULTS.md); every
-    /// 2 ms, 3%, for the same gain in a storm.
-    pub const EVERY: Duration = Duration::from_millis(2);
-
-    /// The CPU time a thread must have used since its last offer to make
-    /// another. The timer counts wall time, so a thread that was kept off
-    /// its core for 2 ms comes back to a signal already due; yielding then
-    /// would hand the core away again at once, and under a load that fills
-    /// the cores would leave a hash less than its nice value's share.
-    const WORKED_NANOS: u64 = 1_000_000;
-
-    thread_local! {
-        /// Offers the thread has made (for the tests). Both are
-        /// constant-initialised without a destructor, so the handler's
-        /// access is a plain TLS access, with no lazy set-up.
-        static OFFERED: AtomicU64 = const { AtomicU64::new(0) };
-        /// The thread's CPU time at its last offer, in nanoseconds.
-        static LAST_OFFER: AtomicU64 = const { AtomicU64::new(0) };
-        /// Signals the thread has received, offer or not (for the tests).
-        static SIGNALLED: AtomicU64 = const { AtomicU64::new(0) };
-    }
-
-    /// How many offers the calling thread has made.
-    #[cfg(test)]
-    pub fn offered() -> u64 {
-        OFFERED.with(|offered| offered.load(Ordering::Relaxed))
-    }
-
-    /// How many of the timer's signals the calling thread has received.
-    #[cfg(test)]
-    pub fn signalled() -> u64 {
-        SIGNALLED.with(|signalled| signalled.load(Ordering::Relaxed))
-    }
-
-    /// The timer's signal: a real-time one, raised only at the thread that
-    /// made the timer. Neither std, tokio nor glibc uses it.
-    fn signal() -> libc::c_int {
-        libc::SIGRTMIN() + 7
-    }
-
-    /// The calling thread's CPU time, in nanoseconds.
-    fn cpu_nanos() -> u64 {
-        // SAFETY: clock_gettime is async-signal-safe; the timespec outlives
-        // the call. It cannot fail for this clock; zero if it did.
-        unsafe {
-            let mut now: libc::timespec = std::mem::zeroed();
-            libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now);
-            (now.tv_sec as u64) * 1_000_000_000 + now.tv_nsec as u64
-        }
-    }
-
-    extern "C" fn offer_the_core(_: libc::c_int) {
-        SIGNALLED.with(|signalled| signalled.fetch_add(1, Ordering::Relaxed));
-        let now = cpu_nanos();
-        if now.saturating_sub(LAST_OFFER.with(|last| last.load(Ordering::Relaxed))) < WORKED_NANOS {
-            return;
-        }
-        LAST_OFFER.with(|last| last.store(now, Ordering::Relaxed));
-        OFFERED.with(|offered| offered.fetch_add(1, Ordering::Relaxed));
-        // SAFETY: sched_yield is async-signal-safe, cannot fail and leaves
-        // errno alone.
-        unsafe {
-            libc::sched_yield();
-        }
-    }
-
-    /// A timer that signals the thread that made it; it stops when dropped.
-    pub struct Offers {
-        timer: libc::timer_t,
-    }
-
-    /// The timer running, until dropped (at the end of a job).
-    pub struct Offering<'a>(&'a Offers);
-
-    impl Offers {
-        /// The calling thread's timer, stopped; None where the kernel
-        /// refuses one (the thread then hashes without offering its core).
-        pub fn for_this_thread() -> Option<Offers> {
-            // Without the handler the signal's default action would end the
-            // process: no handler, no timer.
-            static HANDLER: OnceLock<bool> = OnceLock::new();
-            let installed = *HANDLER.get_or_init(|| {
-                // SAFETY: the action outlives the call; the handler only
-                // reads a clock, counts and yields. SA_RESTART: a system
-                // call the signal interrupts (a log line's write) is
-                // restarted.
-                unsafe {
-                    let mut action: libc::sigaction = std::mem::zeroed();
-                    action.sa_sigaction = offer_the_core as extern "C" fn(libc::c_int) as usize;
-                    action.sa_flags = libc::SA_RESTART;
-                    libc::sigemptyset(&mut action.sa_mask);
-                    libc::sigaction(signal(), &action, std::ptr::null_mut()) == 0
-                }
-            });
-            if !installed {
-                return None;
-            }
-            // SAFETY: the event and the timer id outlive the call.
-            unsafe {
-                let mut event: libc::sigevent = std::mem::zeroed();
-                event.sigev_notify = libc::SIGEV_THREAD_ID;
-                event.sigev_signo = signal();
-                event.sigev_notify_thread_id = libc::gettid();
-                let mut timer: libc::timer_t = std::ptr::null_mut();
-                (libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) == 0)
-                    .then_some(Offers { timer })
-            }
-        }
-
-        /// Starts the timer for one job.
-        pub fn start(&self) -> Offering<'_> {
-            self.set(EVERY);
-            Offering(self)
-        }
-
-        /// Every `every`, from `every` on; zero stops the timer.
-        fn set(&self, every: Duration) {
-            // SAFETY: zero is a valid timespec and itimerspec (plain
-            // integers); starting from it keeps any private padding field
-            // of other targets. The timer is alive; the spec outlives the
-            // call.
-            unsafe {
-                let mut period: libc::timespec = std::mem::zeroed();
-                period.tv_sec = every.as_secs() as _;
-                period.tv_nsec = every.subsec_nanos() as _;
-                let mut spec: libc::itimerspec = std::mem::zeroed();
-                spec.it_interval = period;
-                spec.it_value = period;
-                libc::timer_settime(self.timer, 0, &spec, std::ptr::null_mut());
-            }
-        }
-    }
-
-    impl Drop for Offering<'_> {
-        fn drop(&mut self) {
-            self.0.set(Duration::ZERO);
-        }
-    }
-
-    impl Drop for Offers {
-        fn drop(&mut self) {
-            // SAFETY: the timer is ours and used no more.
-            unsafe {
-                libc::timer_delete(self.timer);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,73 +179,6 @@ mod tests {
             assert_eq!(slice, SLICE_NANOS);
             assert_ne!(own_slice_if_settable(), Some(SLICE_NANOS));
         }
-    }
-
-    #[cfg(target_os = "linux")]
-    #[tokio::test]
-    async fn a_working_hashing_thread_offers_its_core_and_an_idle_one_does_not() {
-        use std::time::{Duration, Instant};
-        let pool = HashPool::new(1).unwrap();
-        // A job that computes until it has made three offers (one every
-        // 2 ms), or gives up after 10 s.
-        let seen = pool
-            .run(|| {
-                let before = yielding::offered();
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while yielding::offered() - before < 3 && Instant::now() < deadline {
-                    std::hint::spin_loop();
-                }
-                yielding::offered() - before
-            })
-            .await
-            .unwrap();
-        assert!(seen >= 3, "{seen} offers");
-        // Idle for 200 ms: a running timer would signal about 100 times; a
-        // stopped one, at most a signal still pending at the end of the
-        // job, and those in the next job's first moments (a loaded machine
-        // may keep it off its core for a while).
-        let signalled = pool.run(yielding::signalled).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let next = pool.run(yielding::signalled).await.unwrap();
-        assert!(
-            next - signalled < 10,
-            "{} signals while idle",
-            next - signalled
-        );
-    }
-
-    #[cfg(target_os = "linux")]
-    #[tokio::test]
-    async fn a_job_that_waits_makes_no_offers_and_is_not_cut_short() {
-        use std::io::{Read as _, Write as _};
-        use std::time::Duration;
-        let pool = HashPool::new(1).unwrap();
-        let (mut reader, mut writer) = std::io::pipe().unwrap();
-        let late_writer = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(40));
-            // Fails only when the read already has.
-            let _ = writer.write_all(b"x");
-        });
-        // One read, which std does not retry: a signal that cut it short
-        // (no SA_RESTART) would show as an error.
-        let (read, signals, offers) = pool
-            .run(move || {
-                let (signals, offers) = (yielding::signalled(), yielding::offered());
-                let mut byte = [0u8; 1];
-                let read = reader.read(&mut byte).map_err(|err| err.kind());
-                (
-                    read,
-                    yielding::signalled() - signals,
-                    yielding::offered() - offers,
-                )
-            })
-            .await
-            .unwrap();
-        assert_eq!(read, Ok(1));
-        late_writer.join().unwrap();
-        assert!(signals >= 3, "{signals} signals");
-        // Off the CPU, the thread has nothing to hand over.
-        assert!(offers <= 1, "{offers} offers while waiting");
     }
 
     #[tokio::test]
