@@ -5,12 +5,16 @@
 //! it competed with the async workers as an equal, so during a flood of
 //! logins a cached `me` waited behind a 280 ms hash for a core. Here each
 //! hashing thread lowers its own priority once (Linux: `nice` is per
-//! thread) and asks for the shortest time slice, so the kernel hands a
-//! core to a woken worker first and soon. With no other work to do, a
-//! niced thread still gets the whole core: a login alone is as fast as
-//! before.
+//! thread), asks for the shortest time slice, and while it hashes steps
+//! off its core for a moment whenever more threads are runnable than the
+//! machine has cores (`step_aside`), so the kernel hands a core to a woken
+//! worker first and soon. With no other work to do, a hashing thread
+//! still gets the whole core: a login alone is as fast as before.
 
 use std::panic::AssertUnwindSafe;
+
+#[cfg(target_os = "linux")]
+mod step_aside;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -36,7 +40,11 @@ impl HashPool {
                 .name(format!("authql-hash-{n}"))
                 .spawn(move || {
                     lower_priority();
+                    #[cfg(target_os = "linux")]
+                    let ticker = step_aside::Ticker::for_this_thread();
                     for job in queue {
+                        #[cfg(target_os = "linux")]
+                        let _ticking = ticker.as_ref().map(step_aside::Ticker::start);
                         // A panicking job drops its answer channel, which
                         // its caller sees; the thread goes on.
                         let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
@@ -47,7 +55,9 @@ impl HashPool {
     }
 
     /// Runs `work` on a hashing thread, its log lines with the caller's
-    /// request id: `None` when it panicked.
+    /// request id: `None` when it panicked. `work` should be CPU work: on
+    /// Linux the thread's timer signal may end a system call that is not
+    /// restarted after a signal (`poll`, say) early.
     pub async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
@@ -179,6 +189,159 @@ mod tests {
             assert_eq!(slice, SLICE_NANOS);
             assert_ne!(own_slice_if_settable(), Some(SLICE_NANOS));
         }
+    }
+
+    /// Threads that spin, at the lowest priority (nice 19), until dropped.
+    #[cfg(target_os = "linux")]
+    struct Spinners {
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        threads: Vec<std::thread::JoinHandle<()>>,
+    }
+
+    #[cfg(target_os = "linux")]
+    impl Spinners {
+        /// As many as the machine has cores online (installing the
+        /// handler reads that count): with the hashing thread, one more
+        /// runnable thread than cores, while the hashing thread, niced
+        /// less, still gets most of its core.
+        async fn filling_every_core(pool: &HashPool) -> Self {
+            pool.run(|| ()).await.unwrap();
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let threads = (0..step_aside::cores_online())
+                .map(|_| {
+                    let stop = std::sync::Arc::clone(&stop);
+                    std::thread::spawn(move || {
+                        // SAFETY: as in `lower_priority`.
+                        unsafe {
+                            libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+                        }
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            std::hint::spin_loop();
+                        }
+                    })
+                })
+                .collect();
+            Self { stop, threads }
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    impl Drop for Spinners {
+        fn drop(&mut self) {
+            self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            for thread in self.threads.drain(..) {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_hashing_thread_steps_aside_while_every_core_is_busy() {
+        use std::time::{Duration, Instant};
+        let pool = HashPool::new(1).unwrap();
+        let spinners = Spinners::filling_every_core(&pool).await;
+        // Spins until three steps were taken, or 10 s have passed.
+        let steps = pool
+            .run(|| {
+                let before = step_aside::counts().steps;
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while step_aside::counts().steps - before < 3 && Instant::now() < deadline {
+                    std::hint::spin_loop();
+                }
+                step_aside::counts().steps - before
+            })
+            .await
+            .unwrap();
+        drop(spinners);
+        assert!(steps >= 3, "{steps} steps");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_timer_ticks_while_a_job_runs_and_stops_after() {
+        use std::time::{Duration, Instant};
+        let pool = HashPool::new(1).unwrap();
+        // 20 ms of work: about 5 ticks of the watching timer.
+        let during = pool
+            .run(|| {
+                let before = step_aside::counts();
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_millis(20) {
+                    std::hint::spin_loop();
+                }
+                step_aside::counts().ticks - before.ticks
+            })
+            .await
+            .unwrap();
+        assert!(during >= 1, "{during} ticks while hashing");
+        // Idle for 200 ms: a running timer would signal about 50 times; a
+        // stopped one, at most one already due as the job ended, and
+        // those in the next job's first moments on a loaded machine.
+        let before = pool.run(step_aside::counts).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let after = pool.run(step_aside::counts).await.unwrap();
+        assert!(
+            after.signals - before.signals < 5,
+            "{} signals while idle",
+            after.signals - before.signals
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_job_that_waits_is_not_cut_short_and_takes_no_step() {
+        use std::io::{Read as _, Write as _};
+        use std::time::Duration;
+        let pool = HashPool::new(1).unwrap();
+        // Cores wanted all along: only the CPU the job has not used keeps
+        // it from stepping aside.
+        let spinners = Spinners::filling_every_core(&pool).await;
+        let (mut reader, mut writer) = std::io::pipe().unwrap();
+        let (reading, read_begins) = std::sync::mpsc::channel::<()>();
+        let late_writer = std::thread::spawn(move || {
+            // 40 ms after the read begins: about 10 ticks of the timer.
+            if read_begins.recv().is_ok() {
+                std::thread::sleep(Duration::from_millis(40));
+                // Fails only when the read already has.
+                let _ = writer.write_all(b"x");
+            }
+        });
+        // One read, which std does not retry: a signal that cut it short
+        // (no SA_RESTART) would show as an error.
+        let (read, ticks, steps) = pool
+            .run(move || {
+                let before = step_aside::counts();
+                let _ = reading.send(());
+                let mut byte = [0u8; 1];
+                let read = reader.read(&mut byte).map_err(|err| err.kind());
+                let after = step_aside::counts();
+                (read, after.ticks - before.ticks, after.steps - before.steps)
+            })
+            .await
+            .unwrap();
+        drop(spinners);
+        late_writer.join().unwrap();
+        assert_eq!(read, Ok(1));
+        assert!(ticks >= 3, "{ticks} ticks");
+        // Off the CPU, the thread has nothing to step away from.
+        assert_eq!(steps, 0, "steps while waiting");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_signal_at_a_thread_that_is_not_hashing_does_nothing() {
+        let pool = HashPool::new(1).unwrap();
+        // Once a job ran, the pool's thread has installed the handler
+        // (without one, the signal would end the process); raise its
+        // signal here.
+        pool.run(|| ()).await.unwrap();
+        let before = step_aside::counts();
+        // SAFETY: raising a signal whose handler is installed.
+        assert_eq!(unsafe { libc::raise(libc::SIGRTMIN() + 7) }, 0);
+        let after = step_aside::counts();
+        assert_eq!(after.signals, before.signals + 1);
+        assert_eq!((after.ticks, after.steps), (before.ticks, before.steps));
     }
 
     #[tokio::test]
