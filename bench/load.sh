@@ -345,6 +345,27 @@ one_run() {
     wait "$storm_login_pid" || fail "storm: login wrk failed"
     check_wrk storm_login
 
+    # Saturated: one login while two busy loops a core, at the server's
+    # own priority, fill every core. The hashing threads' priority and
+    # steps aside may slow a login then, never starve it. First the
+    # storm's last hashes finish (their clients are gone, a hash is not
+    # cut short), so the login waits for none of them.
+    sleep 2
+    local spinners=() spinner
+    for ((spinner = 0; spinner < 2 * CORES; spinner++)); do
+        (while :; do :; done) &
+        spinners+=($!)
+    done
+    local started ended logged_in=yes
+    started=$(date +%s.%N)
+    $PY login "$cached_url" "$login_user" "$login_password" || logged_in=no
+    ended=$(date +%s.%N)
+    kill "${spinners[@]}"
+    wait "${spinners[@]}" 2>/dev/null || true
+    [[ $logged_in == yes ]] || fail "saturated: the login failed"
+    python3 -c "print(f'{$ended - $started:.3f}')" >"$RUN_DIR/saturated_login_s"
+    say "  saturated     one login in $(cat "$RUN_DIR/saturated_login_s") s with $((2 * CORES)) busy loops"
+
     # Sanity after.
     for url in "$cached_url" "$quiet_url" "$uncached_url"; do
         $PY me "$url" "$token" "$me_user"
