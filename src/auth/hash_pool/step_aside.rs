@@ -1,5 +1,5 @@
-//! A hashing thread at work steps off its core for a moment whenever
-//! another thread is waiting for one.
+//! A hashing thread at work steps off its core for a moment while more
+//! threads are runnable than the machine has cores.
 //!
 //! Why nice +15 and a short slice are not enough: Linux's scheduler
 //! (EEVDF) keeps a thread's lag across a sleep, so an async worker that
