@@ -281,7 +281,7 @@ TARGETS = [
     ("login_over_bound", "login / bound", ">=", 0.9, "{:.2f}"),
     ("storm_me_p99_ms", "storm: me p99 (ms)", "<=", 25.0, "{:.1f}"),
     ("storm_me_share", "storm: me throughput / me-cached", ">=", 0.20, "{:.2f}"),
-    # Alive, not fast: within the server's 30 s request timeout.
+    # Alive, not fast: within the server's 30 s execution timeout.
     ("saturated_login_s", "saturated: one login while busy loops fill every core (s, within the 30 s execution timeout)", "<", 30.0, "{:.1f}"),
     ("memory_mib", "memory for 100,000 cached tokens (MiB above idle, issue 16)", "<=", 40.0, "{:.1f}"),
     # For the record: the same load with the cache off, and the difference,

@@ -355,6 +355,7 @@ one_run() {
     for ((spinner = 0; spinner < 2 * CORES; spinner++)); do
         (while :; do :; done) &
         spinners+=($!)
+        SERVER_PIDS+=($!) # stopped by cleanup too, should this script stop here
     done
     local started ended logged_in=yes
     started=$(date +%s.%N)
@@ -362,6 +363,9 @@ one_run() {
     ended=$(date +%s.%N)
     kill "${spinners[@]}"
     wait "${spinners[@]}" 2>/dev/null || true
+    for spinner in "${spinners[@]}"; do
+        forget_pid "$spinner"
+    done
     [[ $logged_in == yes ]] || fail "saturated: the login failed"
     python3 -c "print(f'{$ended - $started:.3f}')" >"$RUN_DIR/saturated_login_s"
     say "  saturated     one login in $(cat "$RUN_DIR/saturated_login_s") s with $((2 * CORES)) busy loops"

@@ -207,7 +207,7 @@ mod tests {
         async fn filling_every_core(pool: &HashPool) -> Self {
             pool.run(|| ()).await.unwrap();
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let threads = (0..step_aside::cores_online())
+            let threads = (0..step_aside::compared_cores())
                 .map(|_| {
                     let stop = std::sync::Arc::clone(&stop);
                     std::thread::spawn(move || {

@@ -407,9 +407,9 @@ impl Drop for Ticker {
     }
 }
 
-/// [`ONLINE_CORES`], as the handler compares with it.
+/// [`ONLINE_CORES`], the count the handler compares with.
 #[cfg(test)]
-pub fn cores_online() -> u64 {
+pub fn compared_cores() -> u64 {
     ONLINE_CORES.load(Relaxed)
 }
 
